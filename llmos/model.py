@@ -1,0 +1,187 @@
+"""The transformer: Llama (Touvron et al. 2023) in one file.
+
+RMSNorm (Zhang & Sennrich 2019), rotary position embeddings (Su et al. 2021), grouped-query
+attention (Ainslie et al. 2023) through `scaled_dot_product_attention`, SwiGLU (Shazeer 2020).
+Module and parameter names equal Hugging Face `LlamaForCausalLM`'s, so a `state_dict` here is a
+`model.safetensors` there, byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmos.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalize in fp32 as HF does, so bf16 runs match it.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_tables(cfg: ModelConfig, n: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (n, head_dim) for positions 0..n-1, in HF's half-split layout."""
+    inv_freq = 1.0 / cfg.rope_theta ** (
+        torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim
+    )
+    freqs = torch.outer(torch.arange(n, dtype=torch.float32, device=device), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # HF rotates the two halves of each head (not interleaved pairs as in Meta's original code).
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (batch, kv_heads, max_len, head_dim)."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype, device=None):
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = [
+            torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)
+        ]
+        self.v = [
+            torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)
+        ]
+        self.pos = 0  # tokens already stored
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        t = k.shape[2]
+        self.k[layer][:, :, self.pos : self.pos + t] = k
+        self.v[layer][:, :, self.pos : self.pos + t] = v
+        end = self.pos + t
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.cfg = layer, cfg
+        h, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(h, cfg.num_attention_heads * hd, bias=False)
+        self.k_proj = nn.Linear(h, cfg.num_key_value_heads * hd, bias=False)
+        self.v_proj = nn.Linear(h, cfg.num_key_value_heads * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.num_attention_heads * hd, h, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, mask=None):
+        B, T, _ = x.shape
+        hd = self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        gqa = self.cfg.num_key_value_heads != self.cfg.num_attention_heads
+        if mask is None:  # a causal mask is only implied when queries start at key 0
+            causal = T > 1 and k.shape[2] == T
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """LlamaForCausalLM: `model.embed_tokens`, `model.layers.N.*`, `model.norm`, `lm_head`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.model.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.model.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_tables(cfg, cfg.max_position_embeddings)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def init_weights(self, seed: int = 0) -> None:
+        """Normal(0, 0.02) weights, residual projections scaled by 1/sqrt(2·layers) (GPT-2)."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+                continue
+            std = 0.02
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                std /= math.sqrt(2 * self.cfg.num_hidden_layers)
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    def _rope(self, start: int, end: int):
+        if end > self.rope_cos.shape[0]:  # longer than the table: extend it (same formula)
+            cos, sin = rope_tables(self.cfg, end, self.rope_cos.device)
+            self.rope_cos, self.rope_sin = cos, sin
+        return self.rope_cos[start:end], self.rope_sin[start:end]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        reduction: str = "mean",
+    ):
+        """Logits for `idx` (B, T); with `targets`, the cross-entropy loss instead (ignore -1).
+
+        With a cache, `idx` continues the cached tokens (positions cache.pos onwards)."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        cos, sin = self._rope(start, start + T)
+        mask = None
+        if cache is not None and start > 0 and T > 1:  # chunked prefill: causal offset by start
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(start)
+        x = self.model.embed_tokens(idx)
+        for block in self.model.layers:
+            x = block(x, cos, sin, cache, mask)
+        if cache is not None:
+            cache.pos += T
+        x = self.model.norm(x)
+        if targets is None:
+            return self.lm_head(x)
+        logits = self.lm_head(x).float()
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction
+        )

@@ -1,0 +1,60 @@
+"""Run directories: config, metrics.jsonl (appended line by line), plots and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmos.checkpoint import atomic_write_text
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of metrics.jsonl; a last line cut short by a crash is ignored."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+def append_metrics(run_dir: str | Path, rows: list[dict]) -> None:
+    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Drop rows after `step` (a resumed run rewrites them)."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    atomic_write_text(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def plot_curves(run_dir: str | Path, keys: list[str], out_name: str = "loss.png") -> Path:
+    """One PNG with a line per metric key against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if k in r]
+        if pts:
+            ax.plot(*zip(*pts), label=k, marker="o" if len(pts) < 30 else None)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(run_dir) / out_name
+    tmp = path.with_name(f".{out_name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,317 @@
+"""Pretraining: compress a corpus into the parameters by predicting the next token.
+
+corpus -> tokenizer (trained and cached unless given) -> token shards (cached) -> AdamW with
+warmup and cosine decay, gradient accumulation and clipping, optional bf16 autocast ->
+a model directory that is also the run directory: config.json, model.safetensors and the
+tokenizer files beside train_state.pt, run.json, metrics.jsonl, loss.png and report.md.
+Resume continues exactly: same data position, RNG and optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmos import runs
+from llmos.checkpoint import load_model, load_state, read_tensors, save_model_dir, save_state
+from llmos.config import preset
+from llmos.data.corpora import cache_dir, load_corpus, split
+from llmos.data.shards import TokenLoader, build_shards, fingerprint
+from llmos.eval.compress import compressor_bits, model_bits
+from llmos.infer.engine import SamplingConfig, generate
+from llmos.model import Transformer
+from llmos.tokenizer import Tokenizer
+
+log = logging.getLogger("llmos")
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "micro"
+    corpus: str = "default"
+    tokenizer: str = ""  # a model directory whose tokenizer to use; empty: train one
+    vocab_size: int = 0  # 0: the preset's
+    seq_len: int = 0  # 0: the preset's context length
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    bf16: bool = False  # bf16 autocast for matmuls; weights and optimizer stay fp32
+    eval_every: int = 100
+    eval_windows: int = 64  # val windows per periodic eval; the final eval uses all
+    checkpoint_every: int = 250
+    val_fraction: float = 0.05
+    seed: int = 0
+
+
+class ResumeError(ValueError):
+    pass
+
+
+def lr_at(step: int, c: PretrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio·lr (Loshchilov & Hutter 2017)."""
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    t = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
+    return c.lr * (
+        c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1)))
+    )
+
+
+def make_optimizer(model: Transformer, c: PretrainConfig) -> torch.optim.AdamW:
+    # No weight decay on norms (1-D); betas as in GPT-3 / Llama.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": c.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=c.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def prepare_tokenizer(c: PretrainConfig, train_docs, val_docs, vocab_size: int) -> Tokenizer:
+    """The given tokenizer, or one trained on the train split (cached by corpus and size)."""
+    if c.tokenizer:
+        return Tokenizer.load(c.tokenizer)
+    key = fingerprint(train_docs)
+    d = cache_dir() / "tokenizers" / f"{key}-{vocab_size}"
+    if (d / "tokenizer.json").exists():
+        return Tokenizer.load(d)
+    tok = Tokenizer.train((doc.text for doc in train_docs), vocab_size)
+    tok.save(d)
+    print(
+        f"tokenizer: {tok.vocab_size} tokens, {tok.bytes_per_token(v.text for v in val_docs):.2f}"
+        " bytes/token on val"
+    )
+    return tok
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def _check_resume(out: Path, c: PretrainConfig) -> None:
+    saved = json.loads((out / "run.json").read_text())["config"]
+    now = dataclasses.asdict(c)
+    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    if diff:
+        raise ResumeError(
+            f"{out / 'run.json'}: --resume with a different config; fields that differ: "
+            + "; ".join(diff)
+        )
+
+
+def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: int | None = None):
+    """Train and return the run directory. `stop_at` ends early after that step (as Ctrl-C)."""
+    out = Path(out)
+    state_path = out / "train_state.pt"
+    if resume:
+        if not state_path.exists():
+            raise ResumeError(f"{state_path}: nothing to resume (no training state)")
+        _check_resume(out, c)
+    elif state_path.exists():
+        raise ResumeError(f"{out} already holds a run; pass --resume or choose another --out")
+    t_start = time.time()
+    torch.manual_seed(c.seed)
+
+    docs = load_corpus(c.corpus)
+    train_docs, val_docs = split(docs, c.val_fraction)
+    if not val_docs:
+        val_docs, train_docs = train_docs[-1:], train_docs[:-1] or train_docs
+    cfg = preset(c.preset)
+    tok = prepare_tokenizer(c, train_docs, val_docs, c.vocab_size or cfg.vocab_size)
+    cfg = preset(
+        c.preset,
+        vocab_size=tok.vocab_size,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
+        **({"max_position_embeddings": c.seq_len} if c.seq_len else {}),
+    )
+    seq_len = cfg.max_position_embeddings
+    shard_root = cache_dir() / "shards"
+    train_dir = build_shards(train_docs, tok, shard_root / fingerprint(train_docs, tok))
+    val_dir = build_shards(val_docs, tok, shard_root / fingerprint(val_docs, tok))
+    loader = TokenLoader(train_dir, c.batch_size, seq_len, seed=c.seed)
+    val_ids = np.concatenate([np.asarray(s) for s in TokenLoader(val_dir, 1, 1).shards])
+    token_bytes = tok.token_bytes()
+
+    model = Transformer(cfg)
+    model.init_weights(c.seed)
+    opt = make_optimizer(model, c)
+    step = 0
+    if resume:
+        state = load_state(state_path)
+        tensors, meta = read_tensors(out)
+        if int(meta.get("step", -1)) != state["step"]:
+            raise ResumeError(
+                f"{out / 'model.safetensors'} is from step {meta.get('step')} but "
+                f"{state_path} from step {state['step']}"
+            )
+        model = load_model(out).train()
+        opt = make_optimizer(model, c)
+        opt.load_state_dict(state["optimizer"])
+        loader.load_state(state["loader"])
+        _set_rng_state(state["rng"])
+        step = state["step"]
+        runs.truncate_metrics(out, step)
+        print(f"resuming from step {step}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        runs.write_json(out / "run.json", {"config": dataclasses.asdict(c), "kind": "pretrain"})
+    n_params = cfg.n_params
+    print(
+        f"model: preset {c.preset}, {n_params / 1e6:.2f}M parameters "
+        f"({cfg.n_params_no_embedding / 1e6:.2f}M without the embedding), "
+        f"train {loader.meta['tokens']:,} tokens, val {len(val_ids):,} tokens"
+    )
+
+    def checkpoint():
+        save_model_dir(model, tok, out, step=step)
+        save_state(
+            state_path,
+            {
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "loader": loader.state(),
+                "rng": _rng_state(),
+            },
+        )
+
+    def evaluate(windows: int | None) -> dict:
+        bits, nb, nt = model_bits(model, val_ids, token_bytes, seq_len, 8, windows, c.bf16)
+        return {"step": step, "val_bpb": bits / nb, "val_loss": bits * math.log(2) / nt}
+
+    tokens_per_step = c.batch_size * c.grad_accum * seq_len
+    model.train()
+    bar = tqdm(total=c.max_steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+    interrupted = False
+    t_last, tokens_since = time.time(), 0
+    try:
+        while step < c.max_steps:
+            lr = lr_at(step, c)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss_sum = 0.0
+            for _ in range(c.grad_accum):
+                x, y = loader.next()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
+                    loss = model(x, y)
+                (loss / c.grad_accum).backward()
+                loss_sum += loss.item() / c.grad_accum
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens_since += tokens_per_step
+            dt = time.time() - t_last
+            tps = tokens_since / dt if dt > 0 else 0.0
+            row = {
+                "step": step,
+                "loss": loss_sum,
+                "lr": lr,
+                "grad_norm": float(norm),
+                "tok_per_s": tps,
+            }
+            if step % c.eval_every == 0 or step == c.max_steps:
+                row |= evaluate(c.eval_windows)
+                bar.write(f"step {step}: loss {loss_sum:.3f}, val bpb {row['val_bpb']:.3f}")
+            runs.append_metrics(out, [row])
+            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
+            bar.update(1)
+            if dt > 10:
+                t_last, tokens_since = time.time(), 0
+            if step % c.checkpoint_every == 0 and step < c.max_steps:
+                checkpoint()
+            if stop_at is not None and step >= stop_at:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = True
+    bar.close()
+    checkpoint()
+    if interrupted:
+        print(f"stopped at step {step}; checkpoint saved in {out}; continue with --resume")
+        return out
+    final = evaluate(None)
+    runs.plot_curves(out, ["loss", "val_loss"])
+    sample = sample_text(model, tok, "", 200, seed=c.seed)
+    comp = compressor_bits(tok.decode_bytes(i for i in val_ids if token_bytes[i]))
+    write_report(out, c, cfg, final, comp, sample, time.time() - t_start)
+    bpb, xz = final["val_bpb"], comp["xz -9"]
+    print(f"val bits per byte {bpb:.3f} (xz -9: {xz:.3f}); report in {out}/report.md")
+    print("sample:\n" + sample)
+    return out
+
+
+def sample_text(
+    model, tok: Tokenizer, prompt: str, n: int, seed: int = 0, temperature: float = 0.8
+) -> str:
+    ids = [tok.bos_id, *tok.encode(prompt)]
+    new = list(
+        generate(model, ids, n, SamplingConfig(temperature, top_k=50, seed=seed), {tok.bos_id})
+    )
+    return prompt + tok.decode(t for t in new if t != tok.bos_id)
+
+
+def write_report(out: Path, c, cfg, final: dict, comp: dict, sample: str, seconds: float) -> None:
+    rows = runs.read_metrics(out)
+    tps = [r["tok_per_s"] for r in rows if r.get("tok_per_s")]
+    comp_rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in comp.items())
+    text = f"""# Pretraining report
+
+- preset `{c.preset}`: {cfg.n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers,
+  width {cfg.hidden_size}, context {cfg.max_position_embeddings}, vocab {cfg.vocab_size}
+- corpus `{c.corpus}`; {c.max_steps} steps of {c.batch_size}×{c.grad_accum} sequences of
+  {cfg.max_position_embeddings} tokens
+- wall time {seconds / 60:.1f} min; median throughput {np.median(tps) if tps else 0:,.0f} tokens/s
+  ({"bf16 autocast" if c.bf16 else "fp32"}, {torch.get_num_threads()} threads)
+
+## Result
+
+Val bits per byte **{final["val_bpb"]:.3f}** (val loss {final["val_loss"]:.3f} nats/token).
+
+| coder on the val text | bits per byte |
+|---|---|
+| this model (ideal code length) | {final["val_bpb"]:.3f} |
+{comp_rows}
+
+![loss](loss.png)
+
+## Sample (temperature 0.8, top-k 50)
+
+```
+{sample}
+```
+"""
+    from llmos.checkpoint import atomic_write_text
+
+    atomic_write_text(out / "report.md", text)
+
+
+def set_threads() -> None:
+    torch.set_num_threads(int(os.environ.get("LLMOS_THREADS", os.cpu_count() or 1)))
