@@ -166,9 +166,9 @@ PRESETS: dict[str, dict] = {
     "nano": _llama(128, 4, 4, 4, 384, 256, 2048, True),  # ~1M params, tests and quick looks
     "micro": _llama(192, 6, 6, 2, 512, 256, 4096, True),  # the CPU default
     "small": _llama(384, 8, 6, 2, 1024, 512, 8192, True),
-    "stories15M": _llama(288, 6, 6, 6, 768, 256, 32000, False),
-    "stories42M": _llama(512, 8, 8, 8, 1376, 1024, 32000, False),
-    "stories110M": _llama(768, 12, 12, 12, 2048, 1024, 32000, False),
+    "stories15M": _llama(288, 6, 6, 6, 768, 256, 32000, True),
+    "stories42M": _llama(512, 8, 8, 8, 1376, 1024, 32000, True),
+    "stories110M": _llama(768, 12, 12, 12, 2048, 1024, 32000, True),
 }
 
 

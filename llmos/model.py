@@ -183,5 +183,8 @@ class Transformer(nn.Module):
             return self.lm_head(x)
         logits = self.lm_head(x).float()
         return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction
+            logits.reshape(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=-1,
+            reduction=reduction,
         )

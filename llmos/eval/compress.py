@@ -34,22 +34,22 @@ def model_bits(
     max_windows: int | None = None,
     bf16: bool = False,
 ) -> tuple[float, int, int]:
-    """(bits, bytes, tokens) for every token of `ids` but the first, in windows of seq_len.
+    """(bits, bytes, tokens) for every token of `ids` but the first, in windows of seq_len
+    (or in `max_windows` of them spread evenly over the text).
 
     Windows overlap by one token, so each token is predicted exactly once. Special tokens
     (0 bytes, e.g. the BOS between documents) count in neither sum, as in nanochat."""
     ids = np.asarray(ids, dtype=np.int64)
     n = max(0, (len(ids) - 1 + seq_len - 1) // seq_len)
-    if max_windows is not None:
-        n = min(n, max_windows)
+    windows = np.arange(n)
+    if max_windows is not None and max_windows < n:  # spread evenly over the whole text
+        windows = np.linspace(0, n - 1, max_windows).round().astype(int)
     tb = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))
     bits, n_bytes, n_tokens = 0.0, 0, 0
     was_training = model.training
     model.eval()
-    for w0 in range(0, n, batch_size):
-        rows = [
-            ids[w * seq_len : w * seq_len + seq_len + 1] for w in range(w0, min(w0 + batch_size, n))
-        ]
+    for b in range(0, len(windows), batch_size):
+        rows = [ids[w * seq_len : w * seq_len + seq_len + 1] for w in windows[b : b + batch_size]]
         width = max(len(r) for r in rows)
         x = torch.zeros(len(rows), width - 1, dtype=torch.long)
         y = torch.full((len(rows), width - 1), -1, dtype=torch.long)

@@ -1,0 +1,46 @@
+"""Shared fixtures: an isolated cache, a small generated corpus, a tiny trained tokenizer."""
+
+import random
+
+import pytest
+
+from llmos.tokenizer import Tokenizer
+
+WORDS = (
+    "the king queen sword river light dark night day fair love death crown ship sea wind "
+    "fire stone gold silver heart blood hand eye word name house door road hill tree field"
+).split()
+
+
+def make_text(seed: int, n_sentences: int = 40) -> str:
+    """Deterministic pseudo-English with some digits and punctuation."""
+    r = random.Random(seed)
+    lines = []
+    for _ in range(n_sentences):
+        words = [r.choice(WORDS) for _ in range(r.randint(4, 12))]
+        if r.random() < 0.2:
+            words.append(str(r.randint(0, 999)))
+        lines.append(" ".join(words).capitalize() + r.choice([".", "!", "?", ";"]))
+    return "\n".join(lines)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LLMOS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        (d / f"doc{i:02d}.txt").write_text(make_text(i))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tok(corpus_dir):
+    texts = [p.read_text() for p in sorted(corpus_dir.glob("*.txt"))]
+    return Tokenizer.train(texts + ["Ünïcödé ✓ 日本語 🙂"], vocab_size=400, show_progress=False)
