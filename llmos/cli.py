@@ -60,20 +60,26 @@ def cmd_pretrain(args) -> None:
 
 def cmd_sample(args) -> None:
     from llmos.checkpoint import load_model
-    from llmos.infer.engine import SamplingConfig, TextStream, generate
+    from llmos.infer.engine import Engine, SamplingConfig
     from llmos.tokenizer import Tokenizer
     from llmos.train.pretrain import set_threads
 
     set_threads()
-    model, tok = load_model(args.model_dir), Tokenizer.load(args.model_dir)
-    s = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
-    ids = [tok.bos_id, *tok.encode(args.prompt)]
-    stream = TextStream(tok)
+    tok = Tokenizer.load(args.model_dir)
+    engine = Engine(load_model(args.model_dir), tok, args.dtype)
+    s = SamplingConfig(
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.min_p,
+        args.repetition_penalty,
+        args.seed,
+        args.max_new_tokens,
+        args.stop,
+    )
     sys.stdout.write(args.prompt)
-    for t in generate(model, ids, args.max_new_tokens, s, {tok.bos_id, tok.eos_id}):
-        if t in (tok.bos_id, tok.eos_id):
-            break
-        sys.stdout.write(stream.push(t))
+    for _, _, piece, _ in engine.stream([tok.encode_prompt(args.prompt)], s):
+        sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
 
@@ -131,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32")
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("compress", help="bits per byte: the model vs gzip, bz2, xz")

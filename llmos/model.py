@@ -163,15 +163,28 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         reduction: str = "mean",
+        pad: torch.Tensor | None = None,
     ):
         """Logits for `idx` (B, T); with `targets`, the cross-entropy loss instead (ignore -1).
 
-        With a cache, `idx` continues the cached tokens (positions cache.pos onwards)."""
+        With a cache, `idx` continues the cached tokens (positions cache.pos onwards). `pad`
+        (B,) counts left-padding tokens per row, for a batch of prompts of different lengths:
+        a row's positions start after its padding and no query attends to padding."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        cos, sin = self._rope(start, start + T)
+        cos, sin = self._rope(0 if pad is not None else start, start + T)
         mask = None
-        if cache is not None and start > 0 and T > 1:  # chunked prefill: causal offset by start
+        if pad is not None:
+            q_at = torch.arange(start, start + T, device=idx.device)
+            k_at = torch.arange(start + T, device=idx.device)
+            pos = (q_at[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+            cos, sin = cos[pos].unsqueeze(1), sin[pos].unsqueeze(1)  # (B, 1, T, hd)
+            mask = (k_at[None, None, :] <= q_at[None, :, None]) & (
+                k_at[None, None, :] >= pad[:, None, None]
+            )
+            mask |= k_at[None, None, :] == q_at[None, :, None]  # padding sees itself: no NaN rows
+            mask = mask.unsqueeze(1)  # (B, 1, T, S)
+        elif cache is not None and start > 0 and T > 1:  # chunked prefill: causal from start
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(start)
         x = self.model.embed_tokens(idx)
         for block in self.model.layers:
@@ -181,10 +194,5 @@ class Transformer(nn.Module):
         x = self.model.norm(x)
         if targets is None:
             return self.lm_head(x)
-        logits = self.lm_head(x).float()
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=-1,
-            reduction=reduction,
-        )
+        logits = self.lm_head(x).float().flatten(0, 1)
+        return F.cross_entropy(logits, targets.flatten(), ignore_index=-1, reduction=reduction)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [
@@ -93,6 +93,10 @@ class Tokenizer:
             show_progress=show_progress,
         )
         tk.train_from_iterator(texts, trainer)
+        # A text on its own (a document, a prompt to continue) starts with BOS, as in training.
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", special_tokens=[(BOS, tk.token_to_id(BOS))]
+        )
         return cls(tk)
 
     @classmethod
@@ -136,6 +140,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of plain text: no BOS added, no special token ever produced."""
         return self.tk.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a text to continue: the tokenizer's prefix (BOS for llmos models) + text."""
+        return self.tk.encode(text, add_special_tokens=True).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tk.encode_batch(texts, add_special_tokens=False)]

