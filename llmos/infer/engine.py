@@ -106,9 +106,9 @@ def prepare(model: Transformer, dtype: str = "fp32") -> Transformer:
                     else DecodeLinear(child.weight, DTYPES[dtype])
                 )
                 setattr(module, name, fast)
-    m.model.embed_tokens.to(DTYPES[dtype])
-    for p in m.parameters():  # norms
+    for p in m.parameters():  # the embedding table and the norms
         p.requires_grad_(False)
+        p.data = p.data.to(DTYPES[dtype])
     m.dtype = DTYPES[dtype]
     return m
 
