@@ -36,11 +36,11 @@ class IdsOnly:
 
 
 def read_bandwidth(gb: float = 1.0) -> float:
-    """Bytes/s of a streaming read (a float32 sum over an array far larger than the caches)."""
-    a = np.ones(int(gb * 2**30) // 4, dtype=np.float32)
-    a.sum()
-    best = min(_timed(a.sum) for _ in range(5))
-    return a.nbytes / best
+    """Bytes/s of the fastest streaming read we find: sums over an array far larger than the
+    caches, by torch (2 threads) and numpy (1 thread)."""
+    a = torch.ones(int(gb * 2**30) // 4)
+    best = min(min(_timed(f) for _ in range(5)) for f in (a.sum, a.numpy().sum))
+    return a.numel() * 4 / best
 
 
 def _timed(fn) -> float:
@@ -60,8 +60,17 @@ def weight_bytes(model: Transformer, dtype: str) -> int:
     return total
 
 
+def best_of(runs: int, fn) -> float:
+    """The best of several runs: this machine is shared and noisy."""
+    return max(fn() for _ in range(runs))
+
+
 def engine_speed(model, dtype: str, batch: int, n: int) -> float:
     engine = Engine(model, IdsOnly(), dtype)
+    return best_of(3, lambda: _engine_once(engine, batch, n))
+
+
+def _engine_once(engine: Engine, batch: int, n: int) -> float:
     prompts = [[1 + (7 * i + j) % 100 for j in range(16)] for i in range(batch)]
     s = SamplingConfig(temperature=0, max_new_tokens=n + 1)
     stream = engine.stream(prompts, s)
@@ -83,17 +92,19 @@ def hf_speed(model_dir: Path, n: int) -> float:
             hf.generate(x, max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=0)
 
     gen(2)
-    return (n - 1) / (_timed(lambda: gen(n)) - _timed(lambda: gen(1)))
+    return best_of(3, lambda: (n - 1) / (_timed(lambda: gen(n)) - _timed(lambda: gen(1))))
 
 
 def runpy_speed(model_dir: Path, n: int) -> float:
-    m = runpy.Llama(model_dir, 16 + n + 1)
-    m.forward(np.arange(1, 17))
-    t = time.perf_counter()
-    tok = 5
-    for _ in range(n):
-        tok = int(np.argmax(m.forward(np.array([tok]))))
-    return n / (time.perf_counter() - t)
+    def once() -> float:
+        m = runpy.Llama(model_dir, 16 + n + 1)
+        tok = int(np.argmax(m.forward(np.arange(1, 17))))
+        t = time.perf_counter()
+        for _ in range(n):
+            tok = int(np.argmax(m.forward(np.array([tok]))))
+        return n / (time.perf_counter() - t)
+
+    return best_of(3, once)
 
 
 def model_dir_for(name: str, tmp: Path) -> Path:

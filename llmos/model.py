@@ -48,6 +48,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
+def rope_and_mask(cos_table, sin_table, start: int, T: int, pad, device):
+    """Rotary tables and attention mask for T queries at positions start.. (see forward)."""
+    if pad is None:
+        mask = None
+        if start > 0 and T > 1:  # chunked prefill: causal, offset by the cached tokens
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=device).tril(start)
+        return cos_table[start : start + T], sin_table[start : start + T], mask
+    q_at = torch.arange(start, start + T, device=device)
+    k_at = torch.arange(start + T, device=device)
+    pos = (q_at[None, :] - pad[:, None]).clamp(min=0)  # (B, T): each row counts from its start
+    mask = (k_at[None, None, :] <= q_at[None, :, None]) & (
+        k_at[None, None, :] >= pad[:, None, None]
+    )
+    mask |= k_at[None, None, :] == q_at[None, :, None]  # padding attends to itself: no NaN rows
+    return cos_table[pos].unsqueeze(1), sin_table[pos].unsqueeze(1), mask.unsqueeze(1)
+
+
 class KVCache:
     """Preallocated keys and values for every layer: (batch, kv_heads, max_len, head_dim)."""
 
@@ -151,11 +168,9 @@ class Transformer(nn.Module):
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
-    def _rope(self, start: int, end: int):
-        if end > self.rope_cos.shape[0]:  # longer than the table: extend it (same formula)
-            cos, sin = rope_tables(self.cfg, end, self.rope_cos.device)
-            self.rope_cos, self.rope_sin = cos, sin
-        return self.rope_cos[start:end], self.rope_sin[start:end]
+    def _ensure_rope(self, n: int) -> None:
+        if n > self.rope_cos.shape[0]:  # longer than the table: extend it (same formula)
+            self.rope_cos, self.rope_sin = rope_tables(self.cfg, n, self.rope_cos.device)
 
     def forward(
         self,
@@ -172,20 +187,8 @@ class Transformer(nn.Module):
         a row's positions start after its padding and no query attends to padding."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        cos, sin = self._rope(0 if pad is not None else start, start + T)
-        mask = None
-        if pad is not None:
-            q_at = torch.arange(start, start + T, device=idx.device)
-            k_at = torch.arange(start + T, device=idx.device)
-            pos = (q_at[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
-            cos, sin = cos[pos].unsqueeze(1), sin[pos].unsqueeze(1)  # (B, 1, T, hd)
-            mask = (k_at[None, None, :] <= q_at[None, :, None]) & (
-                k_at[None, None, :] >= pad[:, None, None]
-            )
-            mask |= k_at[None, None, :] == q_at[None, :, None]  # padding sees itself: no NaN rows
-            mask = mask.unsqueeze(1)  # (B, 1, T, S)
-        elif cache is not None and start > 0 and T > 1:  # chunked prefill: causal from start
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(start)
+        self._ensure_rope(start + T)
+        cos, sin, mask = rope_and_mask(self.rope_cos, self.rope_sin, start, T, pad, idx.device)
         x = self.model.embed_tokens(idx)
         for block in self.model.layers:
             x = block(x, cos, sin, cache, mask)

@@ -119,7 +119,9 @@ class Llama:
             )
             K, V = self.k[i, : p0 + T], self.v[i, : p0 + T]  # (S, kv, hd)
             qg = q.reshape(T, self.n_kv, group, self.hd)  # query heads share their group's key
-            scores = np.einsum("tkgd,skd->kgts", qg, K) / np.sqrt(self.hd)
+            scores = (
+                np.einsum("tkgd,skd->kgts", qg, K) * self.hd**-0.5
+            )  # a Python float: keeps float32 (NEP 50)
             causal = np.arange(p0 + T)[None, :] > (p0 + np.arange(T))[:, None]
             scores = np.where(causal, -np.inf, scores)
             scores = np.exp(scores - scores.max(-1, keepdims=True))

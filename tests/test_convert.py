@@ -108,3 +108,36 @@ def test_smollm2_matches_transformers_and_answers(smollm2):
     engine.stop_ids |= {tok.tk.token_to_id("<|im_end|>")}
     answer = engine.generate([list(ids)], SamplingConfig(temperature=0, max_new_tokens=30))[0]
     assert "Paris" in answer.text
+
+
+def test_import_hf_directory(tmp_path, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    hf = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    tok.save(tmp_path / "hf")
+    out = import_any(tmp_path / "hf", tmp_path / "ours")
+    x = torch.randint(0, tok.vocab_size, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (load_model(out)(x) - hf.float()(x).logits).abs().max() <= 1e-4
+    assert Tokenizer.load(out).encode("fair king") == tok.encode("fair king")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(
+        '{"model_type": "gpt2", "hidden_size": 8, '
+        '"num_hidden_layers": 1, "num_attention_heads": '
+        '1, "vocab_size": 10}'
+    )
+    from llmos.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model_type"):
+        import_any(tmp_path / "bad", tmp_path / "o")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llmos.checkpoint import save_model_dir
-from llmos.infer.engine import Engine, SamplingConfig, prepare, sample_next
+from llmos.infer.engine import Decoder, Engine, SamplingConfig, sample_next
 from llmos.model import Transformer
 from tests.test_model import tiny_config
 
@@ -28,9 +28,9 @@ def test_prepared_logits_match_transformers(model, tok, tmp_path):
     x = torch.randint(0, 400, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = hf(x).logits
-        assert (prepare(model, "fp32")(x) - ref).abs().max() <= 1e-4
+        assert (Decoder(model, "fp32")(x) - ref).abs().max() <= 1e-4
         for dtype, tol in (("bf16", 0.05), ("int8", 0.08)):
-            got = prepare(model, dtype)(x).float()
+            got = Decoder(model, dtype)(x).float()
             assert (got - ref).abs().max() / ref.abs().max() < tol, dtype
 
 

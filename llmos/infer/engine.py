@@ -3,20 +3,19 @@
 Batch-1 decode is memory-bound: each token reads every weight once, so tokens/s is bandwidth
 over weight bytes. The engine therefore keeps each weight matrix pre-transposed and contiguous
 (`x @ Wt` streams memory in order, several times faster than `F.linear` for bf16 here), in
-fp32, bf16, or int8 with one scale per output channel (weight-only quantization, as in
-LLM.int8()/gpt-fast; activations stay bf16).
+fp32, bf16, or int8 with one scale per output channel (weight-only quantization as in
+gpt-fast; activations stay bf16).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
 
-from llmos.model import KVCache, Transformer
+from llmos.model import KVCache, Transformer, apply_rope, rope_and_mask, rope_tables
 
 
 @dataclass
@@ -60,57 +59,92 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
-class DecodeLinear(nn.Module):
-    """y = x @ Wt with Wt (in, out) contiguous, in the engine's dtype."""
-
-    def __init__(self, weight: torch.Tensor, dtype: torch.dtype):
-        super().__init__()
-        self.wt = weight.detach().t().contiguous().to(dtype)
-
-    def forward(self, x):
-        return x.to(self.wt.dtype) @ self.wt
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
 
 
-class Int8Linear(nn.Module):
+class Int8Weight:
     """Weight-only int8: W ≈ scale[:, None] · Wq, one symmetric scale per output channel."""
 
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        w = weight.detach().float()
+    def __init__(self, w: torch.Tensor):
         scale = w.abs().amax(1).clamp(min=1e-8) / 127
         self.wq = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
         self.scale = scale.to(torch.bfloat16)
 
-    def forward(self, x):
-        shape = x.shape
-        y = torch._weight_int8pack_mm(
-            x.reshape(-1, shape[-1]).to(torch.bfloat16), self.wq, self.scale
-        )
-        return y.view(*shape[:-1], -1)
+    def __rmatmul__(self, x: torch.Tensor) -> torch.Tensor:  # x @ Int8Weight
+        y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.wq, self.scale)
+        return y.view(*x.shape[:-1], -1)
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+class Decoder:
+    """The model's forward pass for inference only, with the weights laid out for decoding.
 
+    Same math as model.Transformer (tests hold it to transformers' logits), but q/k/v and
+    gate/up are fused into one matmul each, every matrix is stored transposed and contiguous
+    (`x @ Wt`), and there are no nn.Module calls: at batch 1 the per-op overhead is the cost
+    that is left once the weights stream at memory speed."""
 
-def prepare(model: Transformer, dtype: str = "fp32") -> Transformer:
-    """A copy of `model` for inference: every Linear replaced by its decode-friendly form."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    m = copy.deepcopy(model).eval()
-    for module in list(m.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                fast = (
-                    Int8Linear(child.weight)
-                    if dtype == "int8"
-                    else DecodeLinear(child.weight, DTYPES[dtype])
-                )
-                setattr(module, name, fast)
-    for p in m.parameters():  # the embedding table and the norms
-        p.requires_grad_(False)
-        p.data = p.data.to(DTYPES[dtype])
-    m.dtype = DTYPES[dtype]
-    return m
+    def __init__(self, model: Transformer, dtype: str = "fp32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.cfg, self.dtype = model.cfg, DTYPES[dtype]
+        dt = self.dtype
+
+        def fused(*linears) -> torch.Tensor | Int8Weight:
+            w = torch.cat([lin.weight.detach().float() for lin in linears])
+            return Int8Weight(w) if dtype == "int8" else w.t().contiguous().to(dt)
+
+        def vec(norm) -> torch.Tensor:  # norms and the residual stream stay fp32: tiny, and
+            return norm.weight.detach().float()  # bf16 elementwise ops are slow on this CPU
+
+        self.layers = [
+            (
+                vec(b.input_layernorm),
+                fused(b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj),
+                fused(b.self_attn.o_proj),
+                vec(b.post_attention_layernorm),
+                fused(b.mlp.gate_proj, b.mlp.up_proj),
+                fused(b.mlp.down_proj),
+            )
+            for b in model.model.layers
+        ]
+        self.embed = model.model.embed_tokens.weight.detach().to(dt)
+        self.norm = vec(model.model.norm)
+        self.head = fused(model.lm_head)
+        self.cos, self.sin = rope_tables(self.cfg, self.cfg.max_position_embeddings)
+
+    @torch.inference_mode()
+    def __call__(self, idx, cache: KVCache | None = None, pad=None, last_only: bool = False):
+        """Logits (B, T, V) for `idx` (B, T), or (B, 1, V) with last_only; see model.forward."""
+        c = self.cfg
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cos.shape[0]:
+            self.cos, self.sin = rope_tables(c, start + T)
+        cos, sin, mask = rope_and_mask(self.cos, self.sin, start, T, pad, idx.device)
+        nh, nkv, hd, eps = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
+        gqa = nh != nkv
+        causal = mask is None and T > 1 and start == 0
+        dt = self.dtype
+        x = F.embedding(idx, self.embed).float()
+        for i, (n1, wqkv, wo, n2, wgu, wd) in enumerate(self.layers):
+            h = F.rms_norm(x, (x.shape[-1],), n1, eps).to(dt)
+            qkv = (h @ wqkv).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)
+            q, k, v = qkv.split([nh, nkv, nkv], dim=1)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if cache is not None:
+                k, v = cache.update(i, k, v)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa
+            )
+            x = x + (y.transpose(1, 2).reshape(B, T, nh * hd) @ wo).float()
+            h = F.rms_norm(x, (x.shape[-1],), n2, eps).to(dt)
+            gate, up = (h @ wgu).chunk(2, dim=-1)
+            x = x + ((F.silu(gate) * up) @ wd).float()
+        if cache is not None:
+            cache.pos += T
+        if last_only:
+            x = x[:, -1:]
+        return F.rms_norm(x, (x.shape[-1],), self.norm, eps).to(dt) @ self.head
 
 
 @dataclass
@@ -124,7 +158,7 @@ class Engine:
     """Generates from a model directory's model and tokenizer, one prompt or a batch."""
 
     def __init__(self, model: Transformer, tok, dtype: str = "fp32"):
-        self.model, self.tok, self.dtype = prepare(model, dtype), tok, dtype
+        self.model, self.tok, self.dtype = Decoder(model, dtype), tok, dtype
         self.stop_ids = {i for i in (tok.eos_id, *getattr(tok, "stop_ids", ())) if i is not None}
 
     @torch.no_grad()
@@ -152,7 +186,7 @@ class Engine:
         texts = [_TextState(self.tok, s.stop) for _ in range(B)]
         done = [False] * B
         use_pad = pad if bool(pad.any()) else None
-        logits = m(x, cache=cache, pad=use_pad)[:, -1]
+        logits = m(x, cache=cache, pad=use_pad, last_only=True)[:, -1]
         for _ in range(s.max_new_tokens):
             nxt = sample_next(logits, s, gen, seen)
             for i, t in enumerate(nxt.tolist()):
@@ -165,7 +199,7 @@ class Engine:
                 return
             if seen is not None:
                 seen[torch.arange(B), nxt] = True
-            logits = m(nxt.view(B, 1), cache=cache, pad=use_pad)[:, -1]
+            logits = m(nxt.view(B, 1), cache=cache, pad=use_pad, last_only=True)[:, -1]
 
     def generate(self, prompts: list[list[int]], s: SamplingConfig) -> list[Completion]:
         ids: list[list[int]] = [[] for _ in prompts]
