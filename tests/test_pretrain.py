@@ -68,3 +68,49 @@ def test_model_bits_equals_full_forward(corpus_dir, tmp_path, tok):
         assert n == len(ids) - 1 and n_bytes == len("The fair king and the dark river. " * 3)
         if seq_len == 64:
             assert abs(bits - want) < 1e-3
+
+
+def test_ctrl_c_saves_and_resume_finishes(corpus_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [
+        "--preset",
+        "nano",
+        "--corpus",
+        str(corpus_dir / "*.txt"),
+        "--vocab-size",
+        "320",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "100000",
+        "--eval-every",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "--out",
+        str(out),
+    ]
+    cmd = [sys.executable, "-m", "llmos.cli", "pretrain", *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until it is training
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr.decode()[-2000:]
+    assert b"continue with --resume" in stdout
+    state = torch.load(out / "train_state.pt", weights_only=False)
+    assert state["step"] >= 3
+    assert len(losses(out)) == state["step"]
+    load_model(out)  # the checkpoint written on Ctrl-C loads
