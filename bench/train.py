@@ -16,7 +16,8 @@ import torch
 
 from llmos.config import preset
 from llmos.model import Transformer
-from llmos.train.pretrain import PretrainConfig, make_optimizer, set_threads
+from llmos.train.loop import make_optimizer
+from llmos.train.pretrain import PretrainConfig, set_threads
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmos.config import ConfigError
     from llmos.convert import ConvertError
     from llmos.data.corpora import CorpusError
-    from llmos.train.pretrain import ResumeError
+    from llmos.train.loop import ResumeError
 
     try:
         args.fn(args)

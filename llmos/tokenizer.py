@@ -54,7 +54,14 @@ def byte_to_unicode() -> dict[int, str]:
 class Tokenizer:
     """A `tokenizer.json` plus the special tokens named in `tokenizer_config.json`."""
 
-    def __init__(self, tk: HFTokenizer, bos: str = BOS, eos: str = EOS, pad: str | None = PAD):
+    def __init__(
+        self,
+        tk: HFTokenizer,
+        bos: str = BOS,
+        eos: str = EOS,
+        pad: str | None = PAD,
+        chat_template: str | None = None,
+    ):
         self.tk = tk
         self.tk.encode_special_tokens = True  # plain text never yields a special token
         self.bos_token, self.eos_token, self.pad_token = bos, eos, pad
@@ -62,6 +69,9 @@ class Tokenizer:
         self.eos_id = tk.token_to_id(eos)
         self.vocab_size = tk.get_vocab_size()
         self.special_ids = {t.content: i for i, t in tk.get_added_tokens_decoder().items()}
+        # llmos's own conversation format where its tokens exist; a model's own template wins.
+        self.llmos_format = all(t in self.special_ids for t in SPECIAL_TOKENS[:10])
+        self.chat_template = chat_template or (CHAT_TEMPLATE if self.llmos_format else None)
         unbyte = {c: b for b, c in byte_to_unicode().items()}
         self.id_bytes: list[bytes] = [b""] * self.vocab_size
         for piece, i in tk.get_vocab().items():
@@ -116,7 +126,13 @@ class Tokenizer:
             v = cfg.get(key, default)
             return v.get("content") if isinstance(v, dict) else v
 
-        return cls(tk, name("bos_token", BOS), name("eos_token", EOS), name("pad_token", PAD))
+        return cls(
+            tk,
+            name("bos_token", BOS),
+            name("eos_token", EOS),
+            name("pad_token", PAD),
+            cfg.get("chat_template"),
+        )
 
     def save(self, model_dir: str | Path, model_max_length: int = 2048) -> None:
         from llmos.checkpoint import atomic_write_text
@@ -133,6 +149,8 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
             "add_bos_token": False,
         }
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         atomic_write_text(d / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
     # -- text <-> ids ------------------------------------------------------------------------
@@ -177,3 +195,90 @@ class Tokenizer:
         n_bytes = sum(len(t.encode()) for t in texts)
         n_tokens = sum(len(ids) for ids in self.encode_batch(texts))
         return n_bytes / max(n_tokens, 1)
+
+
+# -- conversations --------------------------------------------------------------------------
+#
+# <|bos|><|system|>...<|end|><|user|>...<|end|><|assistant|>text<|tool_call|>{"name": ...,
+# "arguments": {...}}<|/tool_call|><|end|><|tool|>result<|end|><|assistant|>...<|end|>
+#
+# The model is trained on what follows <|assistant|>: its text, its tool calls and the <|end|>
+# that closes its turn (so it learns to stop); never on system, user or tool text.
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class ConversationError(ValueError):
+    pass
+
+
+def tool_call_json(call: dict) -> str:
+    """One OpenAI-style tool call as the JSON the model writes; `arguments` kept verbatim when
+    it is already a JSON string (as OpenAI sends it), so the Jinja template can match."""
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    return '{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ' + args + "}"
+
+
+def check_conversation(messages, where: str = "conversation") -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ConversationError(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ConversationError(f"{where}: message {i} needs a role in {ROLES}")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str):
+            raise ConversationError(f"{where}: message {i} 'content' must be a string")
+        if m.get("tool_calls") and m["role"] != "assistant":
+            raise ConversationError(f"{where}: message {i}: only assistants make tool calls")
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function", call) if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise ConversationError(f"{where}: message {i}: a tool call needs a function name")
+
+
+def render(
+    tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and its loss mask (1 = an assistant token to learn)."""
+    check_conversation(messages)
+    sp = tok.special_ids
+    ids, mask = [tok.bos_id], [0]
+
+    def add(new: list[int], learn: int) -> None:
+        ids.extend(new)
+        mask.extend([learn] * len(new))
+
+    for m in messages:
+        add([sp[f"<|{m['role']}|>"]], 0)
+        learn = int(m["role"] == "assistant")
+        add(tok.encode(m.get("content") or ""), learn)
+        for call in m.get("tool_calls") or []:
+            add(
+                [sp["<|tool_call|>"], *tok.encode(tool_call_json(call)), sp["<|/tool_call|>"]],
+                learn,
+            )
+        add([sp["<|end|>"]], learn)
+    if add_generation_prompt:
+        add([sp["<|assistant|>"]], 0)
+    return ids, mask
+
+
+# The same format for transformers' apply_chat_template (a test holds the two to the same ids).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{{ '<|' + m['role'] + '|>' }}"
+    "{% if m['content'] %}{{ m['content'] }}{% endif %}"
+    "{% for call in m.get('tool_calls') or [] %}"
+    "{% set fn = call['function'] if call['function'] is defined else call %}"
+    "{{ '<|tool_call|>{\"name\": ' + (fn['name'] | tojson) + ', \"arguments\": ' }}"
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}"
+    "{% else %}{{ (fn['arguments'] if fn['arguments'] is defined else {}) | tojson }}{% endif %}"
+    "{{ '}<|/tool_call|>' }}"
+    "{% endfor %}"
+    "{{ '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)

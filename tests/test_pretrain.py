@@ -6,7 +6,8 @@ import torch
 
 from llmos.checkpoint import load_model
 from llmos.eval.compress import model_bits
-from llmos.train.pretrain import PretrainConfig, ResumeError, pretrain
+from llmos.train.loop import ResumeError
+from llmos.train.pretrain import PretrainConfig, pretrain
 
 
 def config(corpus_dir, **kw) -> PretrainConfig:

@@ -9,22 +9,17 @@ Resume continues exactly: same data position, RNG and optimizer state.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from llmos import runs
-from llmos.checkpoint import load_model, load_state, read_tensors, save_model_dir, save_state
 from llmos.config import preset
 from llmos.data.corpora import cache_dir, load_corpus, split
 from llmos.data.shards import TokenLoader, build_shards, fingerprint
@@ -32,6 +27,7 @@ from llmos.eval.compress import compressor_bits, model_bits
 from llmos.infer.engine import Engine, SamplingConfig
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
+from llmos.train.loop import check_start, train_loop
 
 log = logging.getLogger("llmos")
 
@@ -59,31 +55,6 @@ class PretrainConfig:
     seed: int = 0
 
 
-class ResumeError(ValueError):
-    pass
-
-
-def lr_at(step: int, c: PretrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio·lr (Loshchilov & Hutter 2017)."""
-    if step < c.warmup_steps:
-        return c.lr * (step + 1) / c.warmup_steps
-    t = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
-    return c.lr * (
-        c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1)))
-    )
-
-
-def make_optimizer(model: Transformer, c: PretrainConfig) -> torch.optim.AdamW:
-    # No weight decay on norms (1-D); betas as in GPT-3 / Llama.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": c.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=c.lr, betas=(0.9, 0.95), eps=1e-8)
-
-
 def prepare_tokenizer(c: PretrainConfig, train_docs, val_docs, vocab_size: int) -> Tokenizer:
     """The given tokenizer, or one trained on the train split (cached by corpus and size)."""
     if c.tokenizer:
@@ -101,41 +72,10 @@ def prepare_tokenizer(c: PretrainConfig, train_docs, val_docs, vocab_size: int) 
     return tok
 
 
-def _rng_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-
-
-def _check_resume(out: Path, c: PretrainConfig) -> None:
-    saved = json.loads((out / "run.json").read_text())["config"]
-    now = dataclasses.asdict(c)
-    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
-    if diff:
-        raise ResumeError(
-            f"{out / 'run.json'}: --resume with a different config; fields that differ: "
-            + "; ".join(diff)
-        )
-
-
 def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: int | None = None):
     """Train and return the run directory. `stop_at` ends early after that step (as Ctrl-C)."""
     out = Path(out)
-    state_path = out / "train_state.pt"
-    if resume:
-        if not state_path.exists():
-            raise ResumeError(f"{state_path}: nothing to resume (no training state)")
-        _check_resume(out, c)
-    elif state_path.exists():
-        raise ResumeError(f"{out} already holds a run; pass --resume or choose another --out")
+    check_start(out, c, resume)
     t_start = time.time()
     torch.manual_seed(c.seed)
 
@@ -162,102 +102,20 @@ def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: 
 
     model = Transformer(cfg)
     model.init_weights(c.seed)
-    opt = make_optimizer(model, c)
-    step = 0
-    if resume:
-        state = load_state(state_path)
-        tensors, meta = read_tensors(out)
-        if int(meta.get("step", -1)) != state["step"]:
-            raise ResumeError(
-                f"{out / 'model.safetensors'} is from step {meta.get('step')} but "
-                f"{state_path} from step {state['step']}"
-            )
-        model = load_model(out).train()
-        opt = make_optimizer(model, c)
-        opt.load_state_dict(state["optimizer"])
-        loader.load_state(state["loader"])
-        _set_rng_state(state["rng"])
-        step = state["step"]
-        runs.truncate_metrics(out, step)
-        print(f"resuming from step {step}")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        runs.write_json(out / "run.json", {"config": dataclasses.asdict(c), "kind": "pretrain"})
-    n_params = cfg.n_params
     print(
-        f"model: preset {c.preset}, {n_params / 1e6:.2f}M parameters "
+        f"model: preset {c.preset}, {cfg.n_params / 1e6:.2f}M parameters "
         f"({cfg.n_params_no_embedding / 1e6:.2f}M without the embedding), "
         f"train {loader.meta['tokens']:,} tokens, val {len(val_ids):,} tokens"
     )
 
-    def checkpoint():
-        save_model_dir(model, tok, out, step=step)
-        save_state(
-            state_path,
-            {
-                "step": step,
-                "optimizer": opt.state_dict(),
-                "loader": loader.state(),
-                "rng": _rng_state(),
-            },
-        )
-
-    def evaluate(windows: int | None) -> dict:
+    def evaluate(model: Transformer, windows: int | None) -> dict:
         bits, nb, nt = model_bits(model, val_ids, token_bytes, seq_len, 8, windows, c.bf16)
-        return {"step": step, "val_bpb": bits / nb, "val_loss": bits * math.log(2) / nt}
+        return {"val_bpb": bits / nb, "val_loss": bits * math.log(2) / nt}
 
-    tokens_per_step = c.batch_size * c.grad_accum * seq_len
-    model.train()
-    bar = tqdm(total=c.max_steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
-    interrupted = False
-    t_last, tokens_since = time.time(), 0
-    try:
-        while step < c.max_steps:
-            lr = lr_at(step, c)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(c.grad_accum):
-                x, y = loader.next()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
-                    loss = model(x, y)
-                (loss / c.grad_accum).backward()
-                loss_sum += loss.item() / c.grad_accum
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            tokens_since += tokens_per_step
-            dt = time.time() - t_last
-            tps = tokens_since / dt if dt > 0 else 0.0
-            row = {
-                "step": step,
-                "loss": loss_sum,
-                "lr": lr,
-                "grad_norm": float(norm),
-                "tok_per_s": tps,
-            }
-            if step % c.eval_every == 0 or step == c.max_steps:
-                row |= evaluate(c.eval_windows)
-                bar.write(f"step {step}: loss {loss_sum:.3f}, val bpb {row['val_bpb']:.3f}")
-            runs.append_metrics(out, [row])
-            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
-            bar.update(1)
-            if dt > 10:
-                t_last, tokens_since = time.time(), 0
-            if step % c.checkpoint_every == 0 and step < c.max_steps:
-                checkpoint()
-            if stop_at is not None and step >= stop_at:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        interrupted = True
-    bar.close()
-    checkpoint()
-    if interrupted:
-        print(f"stopped at step {step}; checkpoint saved in {out}; continue with --resume")
+    model, finished = train_loop(c, out, model, tok, loader, evaluate, "pretrain", resume, stop_at)
+    if not finished:
         return out
-    final = evaluate(None)
+    final = evaluate(model, None)
     runs.plot_curves(out, ["loss", "val_loss"])
     sample = sample_text(model, tok, "", 200, seed=c.seed)
     comp = compressor_bits(tok.decode_bytes(i for i in val_ids if token_bytes[i]))

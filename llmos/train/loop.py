@@ -1,0 +1,187 @@
+"""The training loop every stage shares: pretraining, fine-tuning.
+
+A stage hands it a model, a loader with next()/state()/load_state(), and an evaluation; the
+loop owns the optimizer (AdamW, warmup and cosine decay), gradient accumulation and clipping,
+bf16 autocast, metrics.jsonl, checkpoints (the model directory plus train_state.pt, written
+atomically), exact resume and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmos import runs
+from llmos.checkpoint import load_model, load_state, read_tensors, save_model_dir, save_state
+from llmos.model import Transformer
+
+
+class ResumeError(ValueError):
+    pass
+
+
+def lr_at(step: int, c) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio·lr (Loshchilov & Hutter 2017)."""
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    t = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
+    return c.lr * (
+        c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1)))
+    )
+
+
+def make_optimizer(model: Transformer, c) -> torch.optim.AdamW:
+    # No weight decay on norms (1-D); betas as in GPT-3 / Llama.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": c.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=c.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def _check_resume(out: Path, c) -> None:
+    saved = json.loads((out / "run.json").read_text())["config"]
+    now = dataclasses.asdict(c)
+    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    if diff:
+        raise ResumeError(
+            f"{out / 'run.json'}: --resume with a different config; fields that differ: "
+            + "; ".join(diff)
+        )
+
+
+def check_start(out: Path, c, resume: bool) -> None:
+    """Refuse a resume with nothing (or a different config) to resume, and a silent overwrite."""
+    state_path = out / "train_state.pt"
+    if resume:
+        if not state_path.exists():
+            raise ResumeError(f"{state_path}: nothing to resume (no training state)")
+        _check_resume(out, c)
+    elif state_path.exists():
+        raise ResumeError(f"{out} already holds a run; pass --resume or choose another --out")
+
+
+def train_loop(
+    c,
+    out: Path,
+    model: Transformer,
+    tok,
+    loader,
+    evaluate: Callable[[Transformer, int | None], dict],
+    kind: str,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> tuple[Transformer, bool]:
+    """Train `model` for c.max_steps; (the model, whether it finished rather than stopped).
+
+    `c` needs the fields of the shared optimization settings: lr, warmup_steps, max_steps,
+    min_lr_ratio, weight_decay, grad_accum, grad_clip, bf16, eval_every, eval_windows,
+    checkpoint_every, seed. `stop_at` ends early after that step, as Ctrl-C does."""
+    state_path = out / "train_state.pt"
+    step = 0
+    if resume:
+        state = load_state(state_path)
+        _, meta = read_tensors(out)
+        if int(meta.get("step", -1)) != state["step"]:
+            raise ResumeError(
+                f"{out / 'model.safetensors'} is from step {meta.get('step')} but "
+                f"{state_path} from step {state['step']}"
+            )
+        model = load_model(out)
+        opt = make_optimizer(model, c)
+        opt.load_state_dict(state["optimizer"])
+        loader.load_state(state["loader"])
+        _set_rng_state(state["rng"])
+        step = state["step"]
+        runs.truncate_metrics(out, step)
+        print(f"resuming from step {step}")
+    else:
+        opt = make_optimizer(model, c)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        runs.write_json(out / "run.json", {"config": dataclasses.asdict(c), "kind": kind})
+
+    def checkpoint():
+        save_model_dir(model, tok, out, step=step)
+        rng = _rng_state()
+        state = {"step": step, "optimizer": opt.state_dict(), "loader": loader.state(), "rng": rng}
+        save_state(state_path, state)
+
+    model.train()
+    bar = tqdm(total=c.max_steps, initial=step, desc=kind, unit="step", dynamic_ncols=True)
+    finished = False
+    t_last, tokens_since = time.time(), 0
+    try:
+        while step < c.max_steps:
+            lr = lr_at(step, c)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss_sum = 0.0
+            for _ in range(c.grad_accum):
+                x, y = loader.next()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
+                    loss = model(x, y)
+                (loss / c.grad_accum).backward()
+                loss_sum += loss.item() / c.grad_accum
+                tokens_since += int((y >= 0).sum())
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.time() - t_last
+            tps = tokens_since / dt if dt > 0 else 0.0
+            row = {
+                "step": step,
+                "loss": loss_sum,
+                "lr": lr,
+                "grad_norm": float(norm),
+                "tok_per_s": tps,
+            }
+            if step % c.eval_every == 0 or step == c.max_steps:
+                row |= evaluate(model, c.eval_windows)
+                model.train()
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("val_"))
+                bar.write(f"step {step}: loss {loss_sum:.3f}, {shown}")
+            runs.append_metrics(out, [row])
+            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tps:,.0f}")
+            bar.update(1)
+            if dt > 10:
+                t_last, tokens_since = time.time(), 0
+            if step % c.checkpoint_every == 0 and step < c.max_steps:
+                checkpoint()
+            if stop_at is not None and step >= stop_at and step < c.max_steps:
+                raise KeyboardInterrupt
+        finished = True
+    except KeyboardInterrupt:
+        pass
+    bar.close()
+    checkpoint()
+    if not finished:
+        print(f"stopped at step {step}; checkpoint saved in {out}; continue with --resume")
+    model.eval()
+    return model, finished
