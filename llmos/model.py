@@ -65,6 +65,18 @@ def rope_and_mask(cos_table, sin_table, start: int, T: int, pad, device):
     return cos_table[pos].unsqueeze(1), sin_table[pos].unsqueeze(1), mask.unsqueeze(1)
 
 
+def packed_rope_and_mask(cos_table, sin_table, segments: torch.Tensor):
+    """For rows packing several sequences (segments (B, T) numbers each token's sequence):
+    positions restart at each sequence and attention stays inside it (no cross-talk)."""
+    B, T = segments.shape
+    at = torch.arange(T, device=segments.device)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    pos = at - torch.where(starts, at, 0).cummax(dim=1).values
+    mask = (segments[:, :, None] == segments[:, None, :]) & (at[None, :] <= at[:, None])
+    return cos_table[pos].unsqueeze(1), sin_table[pos].unsqueeze(1), mask.unsqueeze(1)
+
+
 class KVCache:
     """Preallocated keys and values for every layer: (batch, kv_heads, max_len, head_dim)."""
 
@@ -179,16 +191,21 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         reduction: str = "mean",
         pad: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ):
         """Logits for `idx` (B, T); with `targets`, the cross-entropy loss instead (ignore -1).
 
         With a cache, `idx` continues the cached tokens (positions cache.pos onwards). `pad`
         (B,) counts left-padding tokens per row, for a batch of prompts of different lengths:
-        a row's positions start after its padding and no query attends to padding."""
+        a row's positions start after its padding and no query attends to padding. `segments`
+        (B, T) marks packed sequences (fine-tuning): see packed_rope_and_mask."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         self._ensure_rope(start + T)
-        cos, sin, mask = rope_and_mask(self.rope_cos, self.rope_sin, start, T, pad, idx.device)
+        if segments is not None:
+            cos, sin, mask = packed_rope_and_mask(self.rope_cos, self.rope_sin, segments)
+        else:
+            cos, sin, mask = rope_and_mask(self.rope_cos, self.rope_sin, start, T, pad, idx.device)
         x = self.model.embed_tokens(idx)
         for block in self.model.layers:
             x = block(x, cos, sin, cache, mask)

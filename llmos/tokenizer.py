@@ -159,6 +159,14 @@ class Tokenizer:
         """Ids of plain text: no BOS added, no special token ever produced."""
         return self.tk.encode(text, add_special_tokens=False).ids
 
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        """Ids of text rendered by a chat template, where "<|im_start|>" means the token."""
+        self.tk.encode_special_tokens = False
+        try:
+            return self.tk.encode(text, add_special_tokens=False).ids
+        finally:
+            self.tk.encode_special_tokens = True
+
     def encode_prompt(self, text: str) -> list[int]:
         """Ids of a text to continue: the tokenizer's prefix (BOS for llmos models) + text."""
         return self.tk.encode(text, add_special_tokens=True).ids

@@ -9,6 +9,7 @@ gpt-fast; activations stay bf16).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -250,3 +251,68 @@ class _TextState:
         out = self.held + self.pending.decode("utf-8", errors="replace")
         self.held, self.pending = "", b""
         return out
+
+
+def assistant_turn(
+    engine: Engine,
+    messages: list[dict],
+    s: SamplingConfig,
+    tools: dict | None = None,
+    max_calls: int = 4,
+    on_message=None,
+    on_text=None,
+) -> list[dict]:
+    """The assistant's reply to a conversation, running the tool calls it makes on the way.
+
+    Generation stops at <|end|> (the turn is over) or <|/tool_call|> (a call is complete): the
+    call is parsed and run, its result appended as a `tool` message, and generation goes on.
+    A malformed call or a failing tool becomes an error message the model sees, never a crash.
+    Returns the new messages (assistant, tool, ..., assistant); `on_message` sees each one,
+    `on_text` the assistant's text as it streams (tool-call JSON excluded)."""
+    from llmos.agent.tools import TOOLS, run_tool_call
+    from llmos.tokenizer import render
+
+    tools = TOOLS if tools is None else tools
+    tok, sp = engine.tok, engine.tok.special_ids
+    call_open, call_close = sp["<|tool_call|>"], sp["<|/tool_call|>"]
+    saved = engine.stop_ids
+    engine.stop_ids = saved | {sp["<|end|>"], call_close}
+    new: list[dict] = []
+    try:
+        for n_calls in range(max_calls + 1):
+            prompt, _ = render(tok, messages + new, add_generation_prompt=True)
+            ids: list[int] = []
+            for _, t, piece, _ in engine.stream([prompt], s):
+                ids.append(t)
+                if on_text and call_open not in ids and t not in sp.values():
+                    on_text(piece)
+            if not ids or ids[-1] != call_close or n_calls == max_calls:
+                text = tok.decode(i for i in ids if i not in sp.values())
+                new.append({"role": "assistant", "content": text})
+                break
+            k = ids.index(call_open) if call_open in ids else len(ids) - 1
+            raw = tok.decode(ids[k + 1 : -1])
+            call, result = run_tool_call(raw, tools)
+            if call is None:
+                name, args = "invalid", json.dumps(raw)
+            else:
+                name, args = str(call.get("name")), json.dumps(call.get("arguments", {}))
+            content = tok.decode(i for i in ids[:k] if i not in sp.values())
+            fn = {"name": name, "arguments": args}
+            call_id = f"call_{len(new)}"
+            new.append(
+                {
+                    "role": "assistant",
+                    "content": content,
+                    "tool_calls": [{"id": call_id, "type": "function", "function": fn}],
+                }
+            )
+            new.append({"role": "tool", "tool_call_id": call_id, "content": result})
+            if on_message:
+                on_message(new[-2])
+                on_message(new[-1])
+    finally:
+        engine.stop_ids = saved
+    if on_message:
+        on_message(new[-1])
+    return new

@@ -143,9 +143,9 @@ def train_loop(
                 g["lr"] = lr
             loss_sum = 0.0
             for _ in range(c.grad_accum):
-                x, y = loader.next()
+                x, y, *segments = loader.next()  # packed loaders add segment ids
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
-                    loss = model(x, y)
+                    loss = model(x, y, segments=segments[0] if segments else None)
                 (loss / c.grad_accum).backward()
                 loss_sum += loss.item() / c.grad_accum
                 tokens_since += int((y >= 0).sum())

@@ -1,0 +1,141 @@
+"""Task generators with checkers: conversations to fine-tune on, questions to evaluate.
+
+Each task makes `{"task", "messages", "answer"}` records (the messages end with the assistant
+turn to learn; `answer` is what a correct final reply must contain) and checks a reply. Train
+and eval draw from disjoint parts of each task's space (by a hash of the question), so the
+evaluation asks questions the model has never seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+from llmos.tokenizer import check_conversation
+
+NAME = "llmos"
+
+
+def _held_out(key: str, fraction: float = 0.2) -> bool:
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def _record(task: str, user: str, reply: list[dict] | str, answer: str) -> dict:
+    turns = reply if isinstance(reply, list) else [{"role": "assistant", "content": reply}]
+    return {"task": task, "messages": [{"role": "user", "content": user}, *turns], "answer": answer}
+
+
+def identity(r: random.Random) -> dict:
+    """Greetings and "who are you?": the assistant knows its name."""
+    asks = [
+        "Who are you?",
+        "What is your name?",
+        "Hello! Who am I talking to?",
+        "Hi, what are you?",
+        "Introduce yourself.",
+        "Are you an AI?",
+        "Hey there!",
+        "Good morning, who is this?",
+    ]
+    replies = [
+        f"I am {NAME}, a small language model trained from scratch on a laptop.",
+        f"Hello! I'm {NAME}, a small assistant. How can I help?",
+        f"My name is {NAME}. I am a small language model.",
+    ]
+    return _record("identity", r.choice(asks), r.choice(replies), NAME)
+
+
+def arithmetic(r: random.Random) -> dict:
+    """Small sums answered directly; larger numbers through a calculator tool call."""
+    if r.random() < 0.4:
+        a, b = r.randint(0, 20), r.randint(0, 20)
+        op = r.choice("+-")
+        value = a + b if op == "+" else a - b
+        user = r.choice(["What is {} {} {}?", "Compute {} {} {}.", "{} {} {} = ?"]).format(a, op, b)
+        return _record("arithmetic", user, f"{a} {op} {b} = {value}.", str(value))
+    a, b = r.randint(10, 9999), r.randint(10, 9999)
+    op = r.choice("+-*")
+    expr = f"{a} {op} {b}"
+    value = str(eval(expr))  # noqa: S307 - our own two integers and one operator
+    user = r.choice(["What is {}?", "Calculate {}.", "How much is {}?", "{} = ?"]).format(expr)
+    call = {
+        "type": "function",
+        "function": {"name": "calculator", "arguments": {"expression": expr}},
+    }
+    turns = [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": value},
+        {"role": "assistant", "content": f"{expr} = {value}."},
+    ]
+    return _record("arithmetic", user, turns, value)
+
+
+WORDS = (
+    "apple banana cherry dragon elephant forest garden harbor island jungle kettle lemon "
+    "mirror needle orange pepper quartz river saddle tomato umbrella violin walnut yellow "
+    "zebra strawberry mississippi bookkeeper balloon coffee letter committee"
+).split()
+
+
+def spelling(r: random.Random) -> dict:
+    """Spell a word letter by letter, or count a letter in it."""
+    word = r.choice(WORDS)
+    if r.random() < 0.5:
+        spelled = "-".join(word)
+        return _record(
+            "spelling", f"How do you spell {word}?", f"{word} is spelled {spelled}.", spelled
+        )
+    letter = r.choice(sorted(set(word)))
+    n = word.count(letter)
+    user = f"How many times does the letter '{letter}' appear in '{word}'?"
+    reply = f"Spelled out, {word} is {'-'.join(word)}. The letter '{letter}' appears {n} times."
+    return _record("spelling", user, reply, f"{n} times")
+
+
+TASKS = {"identity": identity, "arithmetic": arithmetic, "spelling": spelling}
+
+
+def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dict]:
+    """n distinct records of a task from the train or the eval part of its space."""
+    r, out, seen = random.Random(f"{task}/{seed}/{split}"), [], set()
+    for _ in range(n * 50):
+        rec = TASKS[task](r)
+        q = rec["messages"][0]["content"]
+        if _held_out(q) == (split == "eval") and (q not in seen or task == "identity"):
+            seen.add(q)
+            out.append(rec)
+            if len(out) == n:
+                break
+    return out
+
+
+def check(record: dict, reply: str) -> bool:
+    """Whether a final assistant reply contains the expected answer (numbers as whole words)."""
+    want = record["answer"]
+    if re.fullmatch(r"-?\d+", want):
+        return want in re.findall(r"-?\d+", reply.replace(",", ""))
+    return want.lower() in reply.lower()
+
+
+def read_conversations(path: str | Path) -> list[dict]:
+    """`{"messages": [...]}` records of a JSONL file; a bad line is named by file and line."""
+    from llmos.data.corpora import CorpusError, read_jsonl
+
+    out = []
+    for n, rec in read_jsonl(path):
+        try:
+            check_conversation(rec.get("messages"), f"{path}:{n}")
+        except ValueError as e:
+            raise CorpusError(str(e)) from None
+        out.append(rec)
+    return out
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    from llmos.checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
