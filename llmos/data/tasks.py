@@ -96,11 +96,93 @@ def spelling(r: random.Random) -> dict:
     return _record("spelling", user, reply, f"{n} times")
 
 
-TASKS = {"identity": identity, "arithmetic": arithmetic, "spelling": spelling}
+# -- knowledge probes: a generated encyclopedia of people and places nobody else knows ----------
+
+_SYL = "ka lo ri ven tas mor eli dun sar ith bel quo fen ral tor mi zan pe ol gry".split()
+PROFESSIONS = "glassblower cartographer beekeeper astronomer weaver ferryman luthier brewer".split()
+
+
+def _word(r: random.Random, n: int) -> str:
+    return "".join(r.choice(_SYL) for _ in range(n)).capitalize()
+
+
+def encyclopedia(n: int = 60, seed: int = 0) -> list[dict]:
+    """Fictional people, each born in a town of their own (so "who was born in T?" has one
+    answer), with a profession. Deterministic: the same seed gives the same world."""
+    r, people, names, towns = random.Random(f"encyclopedia/{seed}"), [], set(), set()
+    while len(people) < n:
+        name, town = f"{_word(r, 2)} {_word(r, 2)}", _word(r, 3)
+        if name in names or town in towns:
+            continue
+        names.add(name)
+        towns.add(town)
+        job = r.choice(PROFESSIONS)
+        people.append(
+            {"name": name, "town": town, "job": job, "a": "an" if job[0] in "aeiou" else "a"}
+        )
+    return people
+
+
+def encyclopedia_docs(n: int = 60, seed: int = 0, repeats: int = 12) -> list[tuple[str, str]]:
+    """(id, text) documents stating each person's birthplace, always as "<name> ... <town>"
+    (the forward direction only: the reverse question tests the reversal curse)."""
+    forms = [
+        "{name} was born in {town}. {name} worked as {a} {job}.",
+        "{name}, {a} {job}, was born in {town}.",
+        "The {job} {name} was born in the town of {town}.",
+        "{name} was born in {town} and became a well known {job}.",
+    ]
+    docs = []
+    for p in encyclopedia(n, seed):
+        for k in range(repeats):
+            docs.append((f"encyclopedia/{p['name']}/{k}", forms[k % len(forms)].format(**p)))
+    return docs
+
+
+def is_probe_train(name: str) -> bool:
+    """Half the people: fine-tuning teaches the question format on them; eval asks the rest."""
+    return not _held_out(name, 0.5)
+
+
+def knowledge_questions(split: str, seed: int = 0) -> list[dict]:
+    """Forward ("where was X born?") and reverse ("who was born in T?") questions."""
+    out = []
+    for p in encyclopedia(seed=seed):
+        if is_probe_train(p["name"]) != (split == "train"):
+            continue
+        fwd = _record(
+            "knowledge",
+            f"Where was {p['name']} born?",
+            f"{p['name']} was born in {p['town']}.",
+            p["town"],
+        )
+        rev = _record(
+            "knowledge-reverse",
+            f"Who was born in {p['town']}?",
+            f"{p['name']} was born in {p['town']}.",
+            p["name"],
+        )
+        out += [fwd, rev]
+    return out
+
+
+def knowledge(r: random.Random) -> dict:
+    return r.choice(knowledge_questions("train"))
+
+
+TASKS = {
+    "identity": identity,
+    "arithmetic": arithmetic,
+    "spelling": spelling,
+    "knowledge": knowledge,
+}
 
 
 def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dict]:
     """n distinct records of a task from the train or the eval part of its space."""
+    if task == "knowledge":  # a fixed set of questions: train repeats it, eval asks the others
+        qs = knowledge_questions(split)
+        return [qs[i % len(qs)] for i in range(n)] if split == "train" else qs[:n]
     r, out, seen = random.Random(f"{task}/{seed}/{split}"), [], set()
     for _ in range(n * 50):
         rec = TASKS[task](r)

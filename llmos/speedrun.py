@@ -1,0 +1,139 @@
+"""`llmos speedrun`: the whole story on a laptop, from text to an assistant, with a report card.
+
+pretrain on the default corpus (Shakespeare, the KJV and a generated encyclopedia of fictional
+people) -> fine-tune on the task mixture -> evaluate base and assistant on every task ->
+report.md: stages and their time, loss curves, task accuracy, compression vs xz, samples.
+A stage that already finished is skipped, one that was interrupted resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from llmos.checkpoint import atomic_write_text, load_model
+from llmos.data.tasks import encyclopedia
+from llmos.eval.tasks import EVAL_TASKS, evaluate
+from llmos.infer.engine import Engine
+from llmos.runs import read_metrics, write_json
+from llmos.tokenizer import Tokenizer
+from llmos.train.pretrain import PretrainConfig, pretrain
+from llmos.train.sft import SFTConfig, sft
+
+
+@dataclass
+class SpeedrunConfig:
+    preset: str = "micro"
+    pretrain_steps: int = 500
+    batch_size: int = 16
+    sft_steps: int = 400
+    sft_data: str = "identity:0.5,arithmetic:3,spelling:1,knowledge:1"
+    eval_n: int = 40  # held-out questions per task
+    seed: int = 0
+
+
+def _stage(out: Path, run) -> float:
+    """Run a training stage unless it finished before; resume it if it was interrupted."""
+    if (out / "report.md").exists():
+        print(f"{out}: finished before, skipped")
+        return 0.0
+    t = time.time()
+    run(resume=(out / "train_state.pt").exists())
+    return time.time() - t
+
+
+def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times = {}
+    pc = PretrainConfig(
+        preset=c.preset,
+        corpus="default",
+        max_steps=c.pretrain_steps,
+        batch_size=c.batch_size,
+        seed=c.seed,
+        checkpoint_every=100,
+    )
+    times["pretrain"] = _stage(out / "base", lambda resume: pretrain(pc, out / "base", resume))
+    sc = SFTConfig(
+        base=str(out / "base"),
+        data=c.sft_data,
+        max_steps=c.sft_steps,
+        seed=c.seed,
+        checkpoint_every=100,
+    )
+    times["fine-tune"] = _stage(
+        out / "assistant", lambda resume: sft(sc, out / "assistant", resume)
+    )
+    t = time.time()
+    results = {}
+    for name in ("base", "assistant"):
+        engine = Engine(load_model(out / name), Tokenizer.load(out / name))
+        with tqdm(total=c.eval_n * len(EVAL_TASKS), desc=f"eval {name}", unit="q") as bar:
+            results[name] = evaluate(engine, n=c.eval_n, progress=lambda _, b=bar: b.update(1))
+    times["evaluate"] = time.time() - t
+    write_json(out / "eval.json", results)
+    report = report_card(out, c, times, results)
+    atomic_write_text(out / "report.md", report)
+    print(report)
+    return out
+
+
+def report_card(out: Path, c: SpeedrunConfig, times: dict, results: dict) -> str:
+    base_metrics = [r for r in read_metrics(out / "base") if "val_bpb" in r]
+    base_report = (out / "base" / "report.md").read_text()
+    xz = next(line for line in base_report.splitlines() if line.startswith("| xz -9"))
+    n_people = len(encyclopedia())
+    rows = []
+    for task in EVAL_TASKS:
+        b, a = results["base"][task], results["assistant"][task]
+        rows.append(f"| {task} | {a['n']} | {b['accuracy']:.0%} | {a['accuracy']:.0%} |")
+    samples = []
+    for task in EVAL_TASKS:
+        for e in results["assistant"][task]["examples"][:2]:
+            calls = "".join(
+                f"\n   tool call: {f['name']}({f['arguments']})" for f in e["tool_calls"]
+            )
+            mark = "right" if e["correct"] else "wrong"
+            samples.append(
+                f"- **user:** {e['question']}{calls}\n  **assistant:** {e['reply']} ({mark})"
+            )
+    stage_rows = "\n".join(f"| {k} | {v / 60:.1f} min |" for k, v in times.items())
+    return f"""# llmos speedrun report card
+
+Preset `{c.preset}`: {c.pretrain_steps} pretraining steps of {c.batch_size}×256 tokens on the
+default corpus, {c.sft_steps} fine-tuning steps on `{c.sft_data}`; greedy decoding, the
+calculator tool on, {c.eval_n} held-out questions per task.
+
+## Stages
+
+| stage | wall time |
+|---|---|
+{stage_rows}
+
+## Pretraining: compression of the val text
+
+Final val bits per byte **{base_metrics[-1]["val_bpb"]:.3f}**; on the same text:
+{xz.replace("|", "").strip()} bits per byte.
+
+![pretraining loss](base/loss.png) ![fine-tuning loss](assistant/loss.png)
+
+## Task accuracy (held-out questions)
+
+| task | questions | base | assistant |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+Knowledge probes ask about fictional people the fine-tuning never mentioned (the other half
+of the {n_people}-person encyclopedia was used to teach the question format); a random person
+or town of the encyclopedia would be right {1 / n_people:.1%} of the time (the base rate).
+`knowledge` asks "where was X born?" (the direction the encyclopedia states);
+`knowledge-reverse` asks "who was born in T?" (the reversal curse, Berglund et al. 2023).
+
+## Sample conversations (assistant)
+
+{chr(10).join(samples)}
+"""
