@@ -91,3 +91,42 @@ def test_malformed_tool_call_becomes_an_error_message(base):
         engine, msgs, SamplingConfig(temperature=1.0, seed=0, max_new_tokens=8), max_calls=2
     )
     assert new[-1]["role"] == "assistant"  # whatever it wrote, the turn ended without a crash
+
+
+def test_lora_trains_low_rank_updates_and_merges(base, tmp_path):
+    import torch
+
+    from llmos.train.lora import add_lora, merged
+
+    data = tmp_path / "conv.jsonl"
+    data.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    c = SFTConfig(
+        base=str(base),
+        data=str(data),
+        batch_size=2,
+        max_steps=6,
+        lr=1e-2,
+        warmup_steps=1,
+        eval_every=3,
+        val_fraction=0.0,
+        lora_rank=2,
+    )
+    full = sft(c, tmp_path / "full")
+    sft(c, tmp_path / "split", stop_at=3)
+    sft(c, tmp_path / "split", resume=True)
+    a, b, w0 = load_model(full), load_model(tmp_path / "split"), load_model(base)
+    name = "model.layers.1.self_attn.q_proj.weight"
+    assert torch.equal(a.state_dict()[name], b.state_dict()[name])  # LoRA resume is exact
+    delta = a.state_dict()[name] - w0.state_dict()[name]
+    assert delta.abs().max() > 0 and torch.linalg.matrix_rank(delta) <= 2
+    emb = "model.embed_tokens.weight"
+    assert torch.equal(a.state_dict()[emb], w0.state_dict()[emb])  # frozen
+    # merging changes nothing the model computes
+    m = add_lora(load_model(base), rank=3)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.normal_()
+    x = torch.randint(0, 300, (1, 20))
+    with torch.no_grad():
+        assert (m(x) - merged(m)(x)).abs().max() < 1e-3

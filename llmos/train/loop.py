@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from llmos import runs
-from llmos.checkpoint import load_model, load_state, read_tensors, save_model_dir, save_state
+from llmos.checkpoint import load_state, save_model_dir, save_state
 from llmos.model import Transformer
 
 
@@ -96,23 +96,27 @@ def train_loop(
     kind: str,
     resume: bool = False,
     stop_at: int | None = None,
+    export: Callable[[Transformer], Transformer] = lambda m: m,
 ) -> tuple[Transformer, bool]:
     """Train `model` for c.max_steps; (the model, whether it finished rather than stopped).
 
     `c` needs the fields of the shared optimization settings: lr, warmup_steps, max_steps,
     min_lr_ratio, weight_decay, grad_accum, grad_clip, bf16, eval_every, eval_windows,
-    checkpoint_every, seed. `stop_at` ends early after that step, as Ctrl-C does."""
+    checkpoint_every, seed. `stop_at` ends early after that step, as Ctrl-C does. `export`
+    turns the training model into the one saved as model.safetensors (LoRA merges there)."""
     state_path = out / "train_state.pt"
     step = 0
     if resume:
         state = load_state(state_path)
-        _, meta = read_tensors(out)
-        if int(meta.get("step", -1)) != state["step"]:
-            raise ResumeError(
-                f"{out / 'model.safetensors'} is from step {meta.get('step')} but "
-                f"{state_path} from step {state['step']}"
-            )
-        model = load_model(out)
+        # The state holds the trainable tensors itself (all weights, or LoRA's adapters), so
+        # it is complete on its own whatever happened to model.safetensors after it.
+        missing = set(state["trainable"]) - set(dict(model.named_parameters()))
+        if missing:
+            raise ResumeError(f"{state_path}: parameters {sorted(missing)[:3]} not in the model")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in state["trainable"]:
+                    p.copy_(state["trainable"][name])
         opt = make_optimizer(model, c)
         opt.load_state_dict(state["optimizer"])
         loader.load_state(state["loader"])
@@ -127,9 +131,15 @@ def train_loop(
         runs.write_json(out / "run.json", {"config": dataclasses.asdict(c), "kind": kind})
 
     def checkpoint():
-        save_model_dir(model, tok, out, step=step)
-        rng = _rng_state()
-        state = {"step": step, "optimizer": opt.state_dict(), "loader": loader.state(), "rng": rng}
+        save_model_dir(export(model), tok, out, step=step)
+        trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        state = {
+            "step": step,
+            "optimizer": opt.state_dict(),
+            "loader": loader.state(),
+            "rng": _rng_state(),
+            "trainable": trainable,
+        }
         save_state(state_path, state)
 
     model.train()

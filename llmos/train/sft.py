@@ -22,6 +22,7 @@ from llmos.data import tasks
 from llmos.data.corpora import CorpusError, is_val
 from llmos.tokenizer import Tokenizer, render
 from llmos.train.loop import check_start, train_loop
+from llmos.train.lora import add_lora, merged
 
 
 @dataclass
@@ -43,6 +44,8 @@ class SFTConfig:
     checkpoint_every: int = 250
     val_fraction: float = 0.05
     seed: int = 0
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
+    lora_alpha: float = 16.0
 
 
 def load_conversations(spec: str, task_size: int, seed: int) -> list[dict]:
@@ -167,7 +170,16 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
             n += int((y >= 0).sum())
         return {"val_loss": total / max(n, 1)}
 
-    model, finished = train_loop(c, out, model, tok, loader, evaluate, "sft", resume, stop_at)
+    export = lambda m: m  # noqa: E731
+    if c.lora_rank > 0:
+        add_lora(model, c.lora_rank, c.lora_alpha)
+        export = merged
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"LoRA rank {c.lora_rank}: training {n:,} adapter parameters")
+    model, finished = train_loop(
+        c, out, model, tok, loader, evaluate, "sft", resume, stop_at, export=export
+    )
+    model = export(model)
     if finished:
         runs.plot_curves(out, ["loss", "val_loss"])
         final = evaluate(model, None)
