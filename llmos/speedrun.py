@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from llmos.checkpoint import atomic_write_text, load_model
 from llmos.data.tasks import encyclopedia
-from llmos.eval.tasks import EVAL_TASKS, evaluate
+from llmos.eval.tasks import EVAL_GROUPS, evaluate
 from llmos.infer.engine import Engine
 from llmos.runs import read_metrics, write_json
 from llmos.tokenizer import Tokenizer
@@ -30,7 +30,7 @@ class SpeedrunConfig:
     pretrain_steps: int = 500
     batch_size: int = 16
     sft_steps: int = 400
-    sft_data: str = "identity:0.5,arithmetic:3,spelling:1,knowledge:1"
+    sft_data: str = "identity:0.5,arithmetic:3,spelling:1,knowledge:0.3"
     eval_n: int = 40  # held-out questions per task
     seed: int = 0
 
@@ -72,7 +72,7 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
     results = {}
     for name in ("base", "assistant"):
         engine = Engine(load_model(out / name), Tokenizer.load(out / name))
-        with tqdm(total=c.eval_n * len(EVAL_TASKS), desc=f"eval {name}", unit="q") as bar:
+        with tqdm(desc=f"eval {name}", unit="q") as bar:
             results[name] = evaluate(engine, n=c.eval_n, progress=lambda _, b=bar: b.update(1))
     times["evaluate"] = time.time() - t
     write_json(out / "eval.json", results)
@@ -88,11 +88,12 @@ def report_card(out: Path, c: SpeedrunConfig, times: dict, results: dict) -> str
     xz = next(line for line in base_report.splitlines() if line.startswith("| xz -9"))
     n_people = len(encyclopedia())
     rows = []
-    for task in EVAL_TASKS:
-        b, a = results["base"][task], results["assistant"][task]
+    groups = [g for g in EVAL_GROUPS if g in results["assistant"]]
+    for task in groups:
+        b, a = results["base"].get(task, {"accuracy": 0.0}), results["assistant"][task]
         rows.append(f"| {task} | {a['n']} | {b['accuracy']:.0%} | {a['accuracy']:.0%} |")
     samples = []
-    for task in EVAL_TASKS:
+    for task in groups:
         for e in results["assistant"][task]["examples"][:2]:
             calls = "".join(
                 f"\n   tool call: {f['name']}({f['arguments']})" for f in e["tool_calls"]
@@ -132,6 +133,8 @@ of the {n_people}-person encyclopedia was used to teach the question format); a 
 or town of the encyclopedia would be right {1 / n_people:.1%} of the time (the base rate).
 `knowledge` asks "where was X born?" (the direction the encyclopedia states);
 `knowledge-reverse` asks "who was born in T?" (the reversal curse, Berglund et al. 2023).
+`arithmetic-direct` are small numbers the model answers itself; `arithmetic-tool` larger ones
+it is taught to hand to the calculator.
 
 ## Sample conversations (assistant)
 

@@ -45,8 +45,10 @@ def base(corpus_dir, tmp_path_factory):
     return pretrain(c, out)
 
 
-def test_tool_call_runs_through_the_engine(base, tmp_path):
-    data = tmp_path / "conv.jsonl"
+@pytest.fixture(scope="module")
+def assistant(base, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sft")
+    data = tmp / "conv.jsonl"
     data.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
     c = SFTConfig(
         base=str(base),
@@ -58,7 +60,11 @@ def test_tool_call_runs_through_the_engine(base, tmp_path):
         eval_every=30,
         val_fraction=0.0,
     )
-    out = sft(c, tmp_path / "sft")
+    return c, sft(c, tmp / "out")
+
+
+def test_tool_call_runs_through_the_engine(assistant):
+    c, out = assistant
     for f in ("report.md", "loss.png", "metrics.jsonl", "model.safetensors", "train_state.pt"):
         assert (out / f).exists()
     tok = Tokenizer.load(out)
@@ -79,6 +85,37 @@ def test_tool_call_runs_through_the_engine(base, tmp_path):
     assert seen == new
     with pytest.raises(ResumeError, match="already holds a run"):
         sft(c, out)
+
+
+def test_terminal_chat_shows_tool_calls(assistant, tmp_path):
+    import subprocess
+    import sys
+
+    _, out = assistant
+    script = "/help\nWhat is 1234 * 5678?\n/save {}\n/quit\n".format(tmp_path / "c.json")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmos.cli",
+            "chat",
+            str(out),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "120",
+        ],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "/reset" in r.stdout  # the help text
+    assert '[tool call] calculator({"expression": "1234 * 5678"})' in r.stdout
+    assert "[tool result] 7006652" in r.stdout
+    saved = json.loads((tmp_path / "c.json").read_text())["messages"]
+    assert [m["role"] for m in saved] == ["user", "assistant", "tool", "assistant"]
 
 
 def test_malformed_tool_call_becomes_an_error_message(base):

@@ -56,7 +56,7 @@ def arithmetic(r: random.Random) -> dict:
         op = r.choice("+-")
         value = a + b if op == "+" else a - b
         user = r.choice(["What is {} {} {}?", "Compute {} {} {}.", "{} {} {} = ?"]).format(a, op, b)
-        return _record("arithmetic", user, f"{a} {op} {b} = {value}.", str(value))
+        return _record("arithmetic-direct", user, f"{a} {op} {b} = {value}.", str(value))
     a, b = r.randint(10, 9999), r.randint(10, 9999)
     op = r.choice("+-*")
     expr = f"{a} {op} {b}"
@@ -71,7 +71,7 @@ def arithmetic(r: random.Random) -> dict:
         {"role": "tool", "content": value},
         {"role": "assistant", "content": f"{expr} = {value}."},
     ]
-    return _record("arithmetic", user, turns, value)
+    return _record("arithmetic-tool", user, turns, value)
 
 
 WORDS = (
@@ -106,7 +106,7 @@ def _word(r: random.Random, n: int) -> str:
     return "".join(r.choice(_SYL) for _ in range(n)).capitalize()
 
 
-def encyclopedia(n: int = 60, seed: int = 0) -> list[dict]:
+def encyclopedia(n: int = 30, seed: int = 0) -> list[dict]:
     """Fictional people, each born in a town of their own (so "who was born in T?" has one
     answer), with a profession. Deterministic: the same seed gives the same world."""
     r, people, names, towns = random.Random(f"encyclopedia/{seed}"), [], set(), set()
@@ -123,7 +123,7 @@ def encyclopedia(n: int = 60, seed: int = 0) -> list[dict]:
     return people
 
 
-def encyclopedia_docs(n: int = 60, seed: int = 0, repeats: int = 12) -> list[tuple[str, str]]:
+def encyclopedia_docs(n: int = 30, seed: int = 0, repeats: int = 40) -> list[tuple[str, str]]:
     """(id, text) documents stating each person's birthplace, always as "<name> ... <town>"
     (the forward direction only: the reverse question tests the reversal curse)."""
     forms = [
@@ -196,10 +196,12 @@ def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dic
 
 
 def check(record: dict, reply: str) -> bool:
-    """Whether a final assistant reply contains the expected answer (numbers as whole words)."""
+    """Whether a final reply gives the expected answer: for a number, the reply's last number
+    (so echoing the question's numbers does not count); otherwise the answer's words."""
     want = record["answer"]
     if re.fullmatch(r"-?\d+", want):
-        return want in re.findall(r"-?\d+", reply.replace(",", ""))
+        numbers = re.findall(r"-?\d+", reply.replace(",", ""))
+        return bool(numbers) and numbers[-1] == want
     return want.lower() in reply.lower()
 
 
