@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llmos.checkpoint import load_model
 from llmos.infer.engine import Engine, SamplingConfig, assistant_turn
-from llmos.tokenizer import Tokenizer
+from llmos.tokenizer import Tokenizer, render
 
 HELP = """commands:
   /reset            start over (keeps the system prompt)
@@ -41,17 +41,9 @@ def read_message(prompt: str = "you> ") -> str | None:
 
 def template_turn(engine: Engine, tok: Tokenizer, messages: list[dict], s: SamplingConfig) -> dict:
     """A reply rendered through the model's own Jinja chat template (no tool calls)."""
-    import jinja2
-
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-    text = env.from_string(tok.chat_template).render(
-        messages=messages,
-        add_generation_prompt=True,
-        bos_token=tok.bos_token or "",
-        eos_token=tok.eos_token or "",
-    )
+    ids, _ = render(tok, messages, add_generation_prompt=True)
     out = []
-    for _, _, piece, _ in engine.stream([tok.encode_with_special_tokens(text)], s):
+    for _, _, piece, _ in engine.stream([ids], s):
         sys.stdout.write(piece)
         sys.stdout.flush()
         out.append(piece)

@@ -251,6 +251,8 @@ def render(
 ) -> tuple[list[int], list[int]]:
     """Token ids of a conversation and its loss mask (1 = an assistant token to learn)."""
     check_conversation(messages)
+    if not tok.llmos_format:
+        return _render_with_template(tok, messages, add_generation_prompt)
     sp = tok.special_ids
     ids, mask = [tok.bos_id], [0]
 
@@ -290,3 +292,42 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
+
+
+def template_text(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    """A conversation through the model's own Jinja chat template (as transformers does)."""
+    import jinja2
+
+    if not tok.chat_template:
+        raise ConversationError("this tokenizer has no chat template (a base model?)")
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    return env.from_string(tok.chat_template).render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=tok.bos_token or "",
+        eos_token=tok.eos_token or "",
+    )
+
+
+def _render_with_template(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool):
+    """Ids and loss mask for a model's own template: render growing prefixes of the
+    conversation, and learn exactly the text each assistant message adds after its prompt."""
+    ids: list[int] = []
+    mask: list[int] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            prompt = template_text(tok, messages[:i], True)
+            ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
+            mask += [0] * len(new)
+            done = prompt
+        text = template_text(tok, messages[: i + 1], False)
+        ids += (new := tok.encode_with_special_tokens(text[len(done) :]))
+        mask += [int(m["role"] == "assistant")] * len(new)
+        done = text
+    if add_generation_prompt:
+        prompt = template_text(tok, messages, True)
+        ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
+        mask += [0] * len(new)
+    return ids, mask

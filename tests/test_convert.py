@@ -1,5 +1,7 @@
 """GGUF export/import against the gguf reader and transformers' GGUF loader; real SmolLM2."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,38 @@ def test_import_hf_directory(tmp_path, tok):
 
     with pytest.raises(ConfigError, match="model_type"):
         import_any(tmp_path / "bad", tmp_path / "o")
+
+
+def test_smollm2_keeps_its_template_and_fine_tunes_with_lora(smollm2, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llmos.tokenizer import render
+    from llmos.train.sft import SFTConfig, sft
+
+    tok = Tokenizer.load(smollm2)
+    assert not tok.llmos_format and "<|im_start|>" in tok.chat_template
+    msgs = [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Green."},
+    ]
+    ids, mask = render(tok, msgs)
+    hf = AutoTokenizer.from_pretrained(smollm2)
+    assert ids == list(hf.apply_chat_template(msgs, tokenize=True, return_dict=False))
+    learned = tok.decode(i for i, m in zip(ids, mask) if m)
+    assert learned == "Blue.<|im_end|>\nGreen.<|im_end|>\n"
+    data = tmp_path / "c.jsonl"
+    data.write_text(json.dumps({"messages": msgs}) + "\n")
+    c = SFTConfig(
+        base=str(smollm2),
+        data=str(data),
+        batch_size=1,
+        max_steps=2,
+        seq_len=64,
+        eval_every=2,
+        val_fraction=0.0,
+        lora_rank=4,
+    )
+    out = sft(c, tmp_path / "lora")
+    assert (out / "model.safetensors").exists() and Tokenizer.load(out).chat_template

@@ -30,6 +30,7 @@ class SFTConfig:
     base: str = ""  # the model directory to start from
     data: str = "identity:1,arithmetic:3,spelling:1"  # tasks and JSONL files, name[:weight]
     task_size: int = 1000  # conversations a task generates per unit of weight
+    seq_len: int = 0  # packed row length; 0: the model's context, at most 1024
     batch_size: int = 8
     grad_accum: int = 1
     max_steps: int = 300
@@ -141,15 +142,13 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     t0 = time.time()
     torch.manual_seed(c.seed)
     model, tok = load_model(c.base), Tokenizer.load(c.base)
-    if not tok.llmos_format:
-        raise CorpusError(
-            f"{c.base}: its tokenizer lacks llmos's chat tokens; fine-tuning uses them"
-        )
+    if not tok.llmos_format and not tok.chat_template:
+        raise CorpusError(f"{c.base}: no chat format (neither llmos's tokens nor a template)")
     convs = load_conversations(c.data, c.task_size, c.seed)
     train = [r for i, r in enumerate(convs) if not is_val(str(i), c.val_fraction)]
     val = [r for i, r in enumerate(convs) if is_val(str(i), c.val_fraction)] or convs[:1]
-    seq_len = model.cfg.max_position_embeddings
-    pad = tok.special_ids["<|pad|>"]
+    seq_len = c.seq_len or min(model.cfg.max_position_embeddings, 1024)
+    pad = tok.special_ids.get("<|pad|>", tok.eos_id)
     loader = PackedLoader(
         [render(tok, r["messages"]) for r in train], c.batch_size, seq_len, pad, c.seed
     )
