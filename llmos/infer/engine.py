@@ -160,7 +160,7 @@ class Engine:
 
     def __init__(self, model: Transformer, tok, dtype: str = "fp32"):
         self.model, self.tok, self.dtype = Decoder(model, dtype), tok, dtype
-        self.stop_ids = {i for i in (tok.eos_id, *getattr(tok, "stop_ids", ())) if i is not None}
+        self.stop_ids = {tok.eos_id} - {None}  # more (e.g. <|end|>) per call site
 
     @torch.no_grad()
     def stream(
