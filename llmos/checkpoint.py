@@ -45,10 +45,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
 def save_weights(model: Transformer, path: str | Path, metadata: dict | None = None) -> None:
     """model.safetensors with HF names; a tied lm_head is left out, as transformers does."""
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -127,9 +127,11 @@ def cmd_pull(args) -> None:
 
 
 def cmd_import(args) -> None:
+    import torch
+
     from llmos.convert import import_any
 
-    dtype = {"fp32": torch_dtype("float32"), "bf16": torch_dtype("bfloat16")}[args.dtype]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     print(f"{import_any(args.src, args.out, dtype)}: imported from {args.src}")
 
 
@@ -137,12 +139,6 @@ def cmd_export_gguf(args) -> None:
     from llmos.convert import export_gguf
 
     print(f"{export_gguf(args.model_dir, args.out, args.type)}: written ({args.type})")
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
 
 
 def cmd_presets(args) -> None:

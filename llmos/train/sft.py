@@ -169,10 +169,9 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
             n += int((y >= 0).sum())
         return {"val_loss": total / max(n, 1)}
 
-    export = lambda m: m  # noqa: E731
+    export = merged if c.lora_rank > 0 else (lambda m: m)
     if c.lora_rank > 0:
         add_lora(model, c.lora_rank, c.lora_alpha)
-        export = merged
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"LoRA rank {c.lora_rank}: training {n:,} adapter parameters")
     model, finished = train_loop(
