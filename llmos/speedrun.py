@@ -27,9 +27,9 @@ from llmos.train.sft import SFTConfig, sft
 @dataclass
 class SpeedrunConfig:
     preset: str = "micro"
-    pretrain_steps: int = 500
+    pretrain_steps: int = 1000
     batch_size: int = 16
-    sft_steps: int = 400
+    sft_steps: int = 600
     sft_data: str = "identity:0.5,arithmetic:3,spelling:1,knowledge:0.3"
     eval_n: int = 40  # held-out questions per task
     seed: int = 0

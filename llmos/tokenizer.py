@@ -247,12 +247,17 @@ def check_conversation(messages, where: str = "conversation") -> None:
 
 
 def render(
-    tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = False
+    tok: Tokenizer,
+    messages: list[dict],
+    add_generation_prompt: bool = False,
+    tools: list[dict] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Token ids of a conversation and its loss mask (1 = an assistant token to learn)."""
+    """Token ids of a conversation and its loss mask (1 = an assistant token to learn).
+    `tools` (OpenAI function specs) reach models with their own template, which list them in
+    the prompt; llmos models learn their tools in fine-tuning."""
     check_conversation(messages)
     if not tok.llmos_format:
-        return _render_with_template(tok, messages, add_generation_prompt)
+        return _render_with_template(tok, messages, add_generation_prompt, tools)
     sp = tok.special_ids
     ids, mask = [tok.bos_id], [0]
 
@@ -294,7 +299,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def template_text(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+def template_text(
+    tok: Tokenizer, messages: list[dict], add_generation_prompt: bool, tools=None
+) -> str:
     """A conversation through the model's own Jinja chat template (as transformers does)."""
     import jinja2
 
@@ -305,12 +312,13 @@ def template_text(tok: Tokenizer, messages: list[dict], add_generation_prompt: b
     return env.from_string(tok.chat_template).render(
         messages=messages,
         add_generation_prompt=add_generation_prompt,
+        tools=tools,
         bos_token=tok.bos_token or "",
         eos_token=tok.eos_token or "",
     )
 
 
-def _render_with_template(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool):
+def _render_with_template(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool, tools):
     """Ids and loss mask for a model's own template: render growing prefixes of the
     conversation, and learn exactly the text each assistant message adds after its prompt."""
     ids: list[int] = []
@@ -318,16 +326,16 @@ def _render_with_template(tok: Tokenizer, messages: list[dict], add_generation_p
     done = ""
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
-            prompt = template_text(tok, messages[:i], True)
+            prompt = template_text(tok, messages[:i], True, tools)
             ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
             mask += [0] * len(new)
             done = prompt
-        text = template_text(tok, messages[: i + 1], False)
+        text = template_text(tok, messages[: i + 1], False, tools)
         ids += (new := tok.encode_with_special_tokens(text[len(done) :]))
         mask += [int(m["role"] == "assistant")] * len(new)
         done = text
     if add_generation_prompt:
-        prompt = template_text(tok, messages, True)
+        prompt = template_text(tok, messages, True, tools)
         ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
         mask += [0] * len(new)
     return ids, mask

@@ -1,10 +1,14 @@
-"""Shared fixtures: an isolated cache, a small generated corpus, a tiny trained tokenizer."""
+"""Shared fixtures: an isolated cache, a small generated corpus, a tiny trained tokenizer, and
+a tiny base model fine-tuned on one tool-call conversation (the assistant)."""
 
+import json
 import random
 
 import pytest
 
 from llmos.tokenizer import Tokenizer
+from llmos.train.pretrain import PretrainConfig, pretrain
+from llmos.train.sft import SFTConfig, sft
 
 WORDS = (
     "the king queen sword river light dark night day fair love death crown ship sea wind "
@@ -44,3 +48,54 @@ def corpus_dir(tmp_path_factory):
 def tok(corpus_dir):
     texts = [p.read_text() for p in sorted(corpus_dir.glob("*.txt"))]
     return Tokenizer.train(texts + ["Ünïcödé ✓ 日本語 🙂"], vocab_size=400, show_progress=False)
+
+
+CONVERSATION = [
+    {"role": "user", "content": "What is 1234 * 5678?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "type": "function",
+                "function": {"name": "calculator", "arguments": {"expression": "1234 * 5678"}},
+            }
+        ],
+    },
+    {"role": "tool", "content": "7006652"},
+    {"role": "assistant", "content": "1234 * 5678 = 7006652."},
+]
+
+
+@pytest.fixture(scope="session")
+def base(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    c = PretrainConfig(
+        preset="nano",
+        corpus=str(corpus_dir / "*.txt"),
+        vocab_size=400,
+        seq_len=256,
+        batch_size=4,
+        max_steps=2,
+        eval_every=2,
+        eval_windows=2,
+    )
+    return pretrain(c, out)
+
+
+@pytest.fixture(scope="session")
+def assistant(base, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sft")
+    data = tmp / "conv.jsonl"
+    data.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    c = SFTConfig(
+        base=str(base),
+        data=f"{data}:1",
+        batch_size=2,
+        max_steps=60,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=30,
+        val_fraction=0.0,
+    )
+    return c, sft(c, tmp / "out")

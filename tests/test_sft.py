@@ -1,5 +1,6 @@
-"""Fine-tuning end to end: a tiny model learns a tool-call conversation, then the engine runs
-the call through the real calculator and the model answers with its result."""
+"""Fine-tuning end to end (fixtures `base` and `assistant` in conftest.py): a tiny model learns a
+tool-call conversation, then the engine runs the call through the real calculator and the
+model answers with its result."""
 
 import json
 
@@ -9,58 +10,9 @@ from llmos.checkpoint import load_model
 from llmos.infer.engine import Engine, SamplingConfig, assistant_turn
 from llmos.tokenizer import Tokenizer
 from llmos.train.loop import ResumeError
-from llmos.train.pretrain import PretrainConfig, pretrain
 from llmos.train.sft import SFTConfig, sft
 
-CONVERSATION = [
-    {"role": "user", "content": "What is 1234 * 5678?"},
-    {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [
-            {
-                "type": "function",
-                "function": {"name": "calculator", "arguments": {"expression": "1234 * 5678"}},
-            }
-        ],
-    },
-    {"role": "tool", "content": "7006652"},
-    {"role": "assistant", "content": "1234 * 5678 = 7006652."},
-]
-
-
-@pytest.fixture(scope="module")
-def base(corpus_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    c = PretrainConfig(
-        preset="nano",
-        corpus=str(corpus_dir / "*.txt"),
-        vocab_size=400,
-        seq_len=256,
-        batch_size=4,
-        max_steps=2,
-        eval_every=2,
-        eval_windows=2,
-    )
-    return pretrain(c, out)
-
-
-@pytest.fixture(scope="module")
-def assistant(base, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sft")
-    data = tmp / "conv.jsonl"
-    data.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
-    c = SFTConfig(
-        base=str(base),
-        data=f"{data}:1",
-        batch_size=2,
-        max_steps=60,
-        lr=3e-3,
-        warmup_steps=5,
-        eval_every=30,
-        val_fraction=0.0,
-    )
-    return c, sft(c, tmp / "out")
+from .conftest import CONVERSATION
 
 
 def test_tool_call_runs_through_the_engine(assistant):

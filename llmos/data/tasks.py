@@ -69,7 +69,7 @@ def arithmetic(r: random.Random) -> dict:
     turns = [
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "content": value},
-        {"role": "assistant", "content": f"{expr} = {value}."},
+        {"role": "assistant", "content": f"The answer is {value}."},
     ]
     return _record("arithmetic-tool", user, turns, value)
 
@@ -123,7 +123,7 @@ def encyclopedia(n: int = 30, seed: int = 0) -> list[dict]:
     return people
 
 
-def encyclopedia_docs(n: int = 30, seed: int = 0, repeats: int = 40) -> list[tuple[str, str]]:
+def encyclopedia_docs(n: int = 30, seed: int = 0, repeats: int = 400) -> list[tuple[str, str]]:
     """(id, text) documents stating each person's birthplace, always as "<name> ... <town>"
     (the forward direction only: the reverse question tests the reversal curse)."""
     forms = [

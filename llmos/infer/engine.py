@@ -116,36 +116,69 @@ class Decoder:
     @torch.inference_mode()
     def __call__(self, idx, cache: KVCache | None = None, pad=None, last_only: bool = False):
         """Logits (B, T, V) for `idx` (B, T), or (B, 1, V) with last_only; see model.forward."""
-        c = self.cfg
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.cos.shape[0]:
-            self.cos, self.sin = rope_tables(c, start + T)
+        self._grow_rope(start + T)
         cos, sin, mask = rope_and_mask(self.cos, self.sin, start, T, pad, idx.device)
-        nh, nkv, hd, eps = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
-        gqa = nh != nkv
         causal = mask is None and T > 1 and start == 0
-        dt = self.dtype
+
+        def kv(i, k, v):
+            return cache.update(i, k, v) if cache is not None else (k, v)
+
+        x = self._layers(idx, cos, sin, mask, causal, kv)
+        if cache is not None:
+            cache.pos += T
+        return self._head(x[:, -1:] if last_only else x)
+
+    @torch.inference_mode()
+    def decode_rows(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache):
+        """One decode step for rows 0..B-1 of `cache`, each at its own position: token b is
+        written at pos[b] of row b and attends to that row's first pos[b] + 1 entries. This is
+        what continuous batching needs: requests of different ages share one batched matmul.
+        Returns logits (B, V)."""
+        B = tokens.shape[0]
+        L = int(pos.max()) + 1
+        self._grow_rope(L)
+        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]
+        mask = (torch.arange(L)[None, :] <= pos[:, None])[:, None, None]  # (B, 1, 1, L)
+        rows = torch.arange(B)
+
+        def kv(i, k, v):  # scatter the new entry at each row's position, attend to the prefix
+            cache.k[i][rows, :, pos] = k[:, :, 0]
+            cache.v[i][rows, :, pos] = v[:, :, 0]
+            return cache.k[i][:B, :, :L], cache.v[i][:B, :, :L]
+
+        return self._head(self._layers(tokens.view(B, 1), cos, sin, mask, False, kv))[:, -1]
+
+    def _grow_rope(self, n: int) -> None:
+        if n > self.cos.shape[0]:
+            self.cos, self.sin = rope_tables(self.cfg, n)
+
+    def _layers(self, idx, cos, sin, mask, causal: bool, kv):
+        c, dt = self.cfg, self.dtype
+        B, T = idx.shape
+        nh, nkv, hd, eps = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
         x = F.embedding(idx, self.embed).float()
         for i, (n1, wqkv, wo, n2, wgu, wd) in enumerate(self.layers):
             h = F.rms_norm(x, (x.shape[-1],), n1, eps).to(dt)
             qkv = (h @ wqkv).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)
             q, k, v = qkv.split([nh, nkv, nkv], dim=1)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            if cache is not None:
-                k, v = cache.update(i, k, v)
+            k, v = kv(i, k, v)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa
+                q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=nh != nkv
             )
             x = x + (y.transpose(1, 2).reshape(B, T, nh * hd) @ wo).float()
             h = F.rms_norm(x, (x.shape[-1],), n2, eps).to(dt)
             gate, up = (h @ wgu).chunk(2, dim=-1)
             x = x + ((F.silu(gate) * up) @ wd).float()
-        if cache is not None:
-            cache.pos += T
-        if last_only:
-            x = x[:, -1:]
-        return F.rms_norm(x, (x.shape[-1],), self.norm, eps).to(dt) @ self.head
+        return x
+
+    def _head(self, x):
+        return (
+            F.rms_norm(x, (x.shape[-1],), self.norm, self.cfg.rms_norm_eps).to(self.dtype)
+            @ self.head
+        )
 
 
 @dataclass
@@ -184,7 +217,7 @@ class Engine:
             seen = torch.zeros(B, m.cfg.vocab_size, dtype=torch.bool)
             for i, p in enumerate(prompts):
                 seen[i, p] = True
-        texts = [_TextState(self.tok, s.stop) for _ in range(B)]
+        texts = [TextState(self.tok, s.stop) for _ in range(B)]
         done = [False] * B
         use_pad = pad if bool(pad.any()) else None
         logits = m(x, cache=cache, pad=use_pad, last_only=True)[:, -1]
@@ -214,19 +247,21 @@ class Engine:
         return [Completion(a, b, f) for a, b, f in zip(ids, texts, finish)]
 
 
-class _TextState:
+class TextState:
     """One row's text: bytes to UTF-8 without splitting a character, and stop strings.
 
     Text that might be the start of a stop string is held back until it cannot be."""
 
-    def __init__(self, tok, stop: list[str]):
-        self.tok, self.stop = tok, [x for x in stop if x]
+    def __init__(self, tok, stop: list[str], hidden: frozenset[int] = frozenset()):
+        self.tok, self.stop, self.hidden = tok, [x for x in stop if x], hidden
         self.pending, self.held, self.finished = b"", "", False
 
     def push(self, token: int, is_stop_token: bool) -> tuple[str, bool]:
-        """(text safe to show now, whether the row is finished)."""
+        """(text safe to show now, whether the row is finished). Hidden tokens add no text."""
         if is_stop_token:
-            return self._flush(), True
+            return self.flush(), True
+        if token in self.hidden:
+            return "", False
         self.pending += self.tok.decode_bytes([token])
         try:
             self.held += self.pending.decode("utf-8")
@@ -247,7 +282,7 @@ class _TextState:
         out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
         return out, False
 
-    def _flush(self) -> str:
+    def flush(self) -> str:
         out = self.held + self.pending.decode("utf-8", errors="replace")
         self.held, self.pending = "", b""
         return out

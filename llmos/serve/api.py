@@ -1,0 +1,651 @@
+"""`llmos serve`: an OpenAI-compatible API and a web chat for a model directory.
+
+Routes: GET /v1/models, POST /v1/chat/completions and /v1/completions (streaming over SSE or
+not), GET /health, the web chat at / with its conversations under /api/conversations. Every
+error has OpenAI's shape, {"error": {"message", "type", "param", "code"}}, so clients report it
+as they would OpenAI's. Generation goes through the continuous batcher (serve/batcher.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from llmos.agent.tools import TOOLS, run_tool_call
+from llmos.checkpoint import load_model
+from llmos.infer.engine import Engine, SamplingConfig
+from llmos.serve.batcher import Batcher, Busy
+from llmos.serve.batcher import Request as Generation
+from llmos.serve.store import ChatStore
+from llmos.tokenizer import ConversationError, Tokenizer, render
+
+log = logging.getLogger("llmos")
+STATIC = Path(__file__).parent / "static"
+# The page loads nothing from elsewhere: scripts, styles and images only from this server.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str = ""  # when set (or LLMOS_API_KEY), /v1 and /api need "Bearer <key>"
+    dtype: str = "fp32"
+    max_batch: int = 16  # requests decoded together
+    max_queue: int = 64  # requests waiting beyond those; more get 429
+    max_tokens: int = 2048  # the largest max_tokens a request may ask for
+    default_max_tokens: int = 512
+    max_n: int = 8
+    max_prompt_tokens: int = 0  # 0: the model's context length minus one
+    db: str = ""  # the web chat's SQLite file; empty: the llmos cache's chats.sqlite
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param=None, code=None, kind=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+
+
+def error_body(e: APIError) -> dict:
+    return {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}
+
+
+# -- request bodies --------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use
+    model: str
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: dict | None = None
+    logit_bias: dict[str, float] | None = None
+
+
+class ChatBody(_Body):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+
+
+class CompletionBody(_Body):
+    prompt: str | list[str] | list[int]
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+
+
+class ToolCallBody(BaseModel):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ConversationBody(BaseModel):
+    title: str | None = Field(None, max_length=200)
+    messages: list[dict[str, Any]] | None = None
+    settings: dict[str, Any] | None = None
+
+
+async def read_body(request: Request, cls: type[BaseModel]) -> Any:
+    try:
+        data = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"We could not parse the JSON body of your request: {e}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"])
+        raise APIError(400, f"Invalid value for '{param}': {err['msg']}", param=param) from None
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+class Inbox:
+    """Events from the batcher's thread to the event loop. One decode step makes an event per
+    running request; they are handed over in one loop wakeup, not one each (at 16 streams the
+    wakeups alone cost more than the step)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.pending: list = []
+
+    def put(self, q: asyncio.Queue, event) -> None:
+        with self.lock:
+            self.pending.append((q, event))
+            if len(self.pending) > 1:
+                return  # a delivery is already scheduled
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.pending = self.pending, []
+        for q, event in items:
+            q.put_nowait(event)
+
+
+class Served:
+    """A model directory being served: tokenizer, engine, batcher and the request limits."""
+
+    def __init__(self, model_dir: str | Path, c: ServeConfig):
+        self.dir, self.c = Path(model_dir), c
+        self.name = self.dir.resolve().name
+        self.tok = Tokenizer.load(self.dir)
+        self.engine = Engine(load_model(self.dir), self.tok, c.dtype)
+        self.batcher = Batcher(self.engine, c.max_batch, c.max_queue)
+        self.context = self.batcher.max_len
+        self.max_prompt = c.max_prompt_tokens or self.context - 1
+        self.inbox: Inbox | None = None
+        sp = self.tok.special_ids
+        self.hidden = frozenset(sp.values())
+        self.stop_ids = frozenset(self.engine.stop_ids)
+        self.call_open = self.call_close = None
+        if self.tok.llmos_format:
+            self.call_open, self.call_close = sp["<|tool_call|>"], sp["<|/tool_call|>"]
+            self.stop_ids |= {sp["<|end|>"], self.call_close}
+
+    def check(self, body: _Body) -> None:
+        if body.model not in (self.name, str(self.dir)):
+            raise APIError(
+                404,
+                f"The model '{body.model}' does not exist; this server has '{self.name}'.",
+                param="model",
+                code="model_not_found",
+            )
+        if body.n > self.c.max_n:
+            raise APIError(400, f"n is {body.n}; at most {self.c.max_n} here.", param="n")
+
+    def sampling(self, body: _Body, prompt_len: int, max_tokens: int | None) -> SamplingConfig:
+        if prompt_len > self.max_prompt:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.context} tokens and prompts may "
+                f"use {self.max_prompt}. However, your prompt resulted in {prompt_len} tokens.",
+                param="messages" if isinstance(body, ChatBody) else "prompt",
+                code="context_length_exceeded",
+            )
+        if max_tokens is not None and max_tokens > self.c.max_tokens:
+            raise APIError(
+                400,
+                f"max_tokens is {max_tokens}; at most {self.c.max_tokens} here.",
+                param="max_tokens",
+            )
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > 4:
+            raise APIError(400, "At most 4 stop sequences.", param="stop")
+        return SamplingConfig(
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            max_new_tokens=min(max_tokens or self.c.default_max_tokens, self.context - prompt_len),
+            stop=stop,
+        )
+
+    def logit_bias(self, body: _Body) -> dict[int, float]:
+        """OpenAI's logit_bias: token id -> a bias in [-100, 100] added to its logit."""
+        out = {}
+        for k, v in (body.logit_bias or {}).items():
+            if not k.isdigit() or int(k) >= self.tok.vocab_size or not -100 <= v <= 100:
+                raise APIError(
+                    400, f"logit_bias: {k!r}: {v} is not a token id with a bias in [-100, 100]",
+                    param="logit_bias",
+                )  # fmt: skip
+            out[int(k)] = float(v)
+        return out
+
+    def submit(self, prompts: list[list[int]], s: SamplingConfig, n: int, bias: dict):
+        """Start n generations per prompt; events (choice index, token, text, finish) arrive
+        on the returned asyncio queue. Returns (queue, generations)."""
+        if self.inbox is None:
+            self.inbox = Inbox(asyncio.get_running_loop())
+        inbox, q = self.inbox, asyncio.Queue()
+        gens: list[Generation] = []
+        try:
+            for p_i, prompt in enumerate(prompts):
+                for j in range(n):
+                    i = p_i * n + j
+                    si = SamplingConfig(**{**s.__dict__, "stop": list(s.stop)})
+                    if s.seed is not None:
+                        si.seed = s.seed + j  # n choices with one seed still differ
+
+                    def emit(t, text, finish, i=i):
+                        inbox.put(q, (i, t, text, finish))
+
+                    g = Generation(prompt, si, emit, self.stop_ids, self.hidden, bias)
+                    gens.append(self.batcher.submit(g))
+        except Busy as e:
+            for g in gens:
+                g.cancel()
+            raise APIError(
+                429, f"The server is busy ({e}); retry shortly.", code="rate_limit_exceeded"
+            ) from None
+        return q, gens
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+
+def _text_content(m: dict, i: int) -> dict:
+    """OpenAI allows content as a list of parts; the text parts are joined."""
+    content = m.get("content")
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise APIError(
+                    400,
+                    f"messages[{i}]: content part '{kind}' is not supported by this model",
+                    param=f"messages.{i}.content",
+                )
+            texts.append(str(part.get("text", "")))
+        m = {**m, "content": "".join(texts)}
+    return m
+
+
+def chat_prompt(served: Served, body: ChatBody) -> tuple[list[int], str, list[int]]:
+    """(prompt ids, the forced start of a tool call, token ids to ban) for a chat request.
+
+    tool_choice "required" or a named function is met by starting the assistant's reply with
+    the call token (and the function's name): the model writes the rest."""
+    messages = [_text_content(m, i) for i, m in enumerate(body.messages)]
+    try:
+        ids, _ = render(served.tok, messages, add_generation_prompt=True, tools=body.tools)
+    except ConversationError as e:
+        raise APIError(400, str(e), param="messages") from None
+    choice = body.tool_choice or ("auto" if body.tools else "none")
+    if served.call_open is None:
+        return ids, "", []
+    if choice == "none":
+        return ids, "", [served.call_open]
+    forced = ""
+    if choice == "required":
+        ids = ids + [served.call_open]
+    elif isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if not isinstance(name, str):
+            raise APIError(400, "tool_choice needs function.name", param="tool_choice")
+        forced = '{"name": ' + json.dumps(name) + ', "arguments": '
+        ids = ids + [served.call_open] + served.tok.encode(forced)
+    return ids, forced, []
+
+
+HERMES_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
+
+
+def parse_call(text: str, index: int) -> dict | None:
+    """An OpenAI tool call from the JSON a model wrote ({"name", "arguments"}), or None."""
+    try:
+        call = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    args = call.get("arguments", {})
+    return {
+        "index": index,
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {
+            "name": call["name"],
+            "arguments": args if isinstance(args, str) else json.dumps(args),
+        },
+    }
+
+
+class ChoiceState:
+    """One choice's output as events arrive: content, and the tool call after <|tool_call|>."""
+
+    def __init__(self, served: Served, forced_call: str, forced: bool):
+        self.served, self.content, self.finish = served, "", None
+        self.in_call, self.call_text, self.tokens = forced, forced_call, 0
+
+    def add(self, token: int | None, text: str) -> str:
+        """Take one event; return the new content (not the call) to show."""
+        if token is not None:
+            self.tokens += 1
+        if token is not None and token == self.served.call_open:
+            self.in_call = True
+            return ""
+        if self.in_call:
+            if token is not None and token not in self.served.hidden:
+                self.call_text += self.served.tok.decode([token])
+            return ""
+        self.content += text
+        return text
+
+    def tool_calls(self) -> list[dict]:
+        if self.in_call:
+            call = parse_call(self.call_text, 0)
+            return [call] if call else []
+        if self.served.call_open is None:  # a model with its own template: Hermes-style tags
+            calls = [parse_call(m, k) for k, m in enumerate(HERMES_CALL.findall(self.content))]
+            return [c for c in calls if c]
+        return []
+
+    def finish_reason(self, reason: str) -> str:
+        return "tool_calls" if reason == "stop" and self.tool_calls() else reason
+
+    def message(self) -> dict:
+        calls = self.tool_calls()
+        content = self.content
+        if calls and self.served.call_open is None:
+            content = HERMES_CALL.sub("", content).strip()
+        msg: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
+        if calls:
+            msg["tool_calls"] = calls
+        return msg
+
+
+def _usage(prompt_tokens: int, choices) -> dict:
+    completion = sum(c.tokens for c in choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _events(request: Request, q: asyncio.Queue, gens: list[Generation]):
+    """Events until every generation has finished; cancels them all if the client leaves."""
+    left = len(gens)
+    try:
+        while left:
+            try:
+                ev = await asyncio.wait_for(q.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            if ev[3] is not None:
+                left -= 1
+            yield ev
+    finally:
+        for g in gens:
+            g.cancel()
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
+    c = c or ServeConfig()
+    served = Served(model_dir, c)
+    api_key = c.api_key or os.environ.get("LLMOS_API_KEY", "")
+    if not c.db:
+        from llmos.data.corpora import cache_dir
+
+        c.db = str(cache_dir() / "chats.sqlite")
+    store = ChatStore(c.db)
+
+    @asynccontextmanager
+    async def lifespan(_):
+        yield
+        served.batcher.close()
+
+    app = FastAPI(title="llmos", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.served = served
+
+    @app.exception_handler(APIError)
+    async def _api_error(_, e: APIError):
+        return JSONResponse(error_body(e), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_, e: RequestValidationError):
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"][1:])
+        return JSONResponse(error_body(APIError(400, err["msg"], param=param)), 400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_, e: HTTPException):
+        code = "not_found" if e.status_code == 404 else None
+        return JSONResponse(
+            error_body(APIError(e.status_code, str(e.detail), code=code)), e.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _crash(_, e: Exception):
+        log.exception("request failed")
+        return JSONResponse(error_body(APIError(500, f"internal error: {type(e).__name__}")), 500)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        path = request.url.path
+        if api_key and (path.startswith("/v1/") or path.startswith("/api/")):
+            got = request.headers.get("authorization", "")
+            if not got.startswith("Bearer "):
+                e = APIError(
+                    401,
+                    "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
+                    code="invalid_api_key",
+                )
+                return JSONResponse(error_body(e), 401)
+            if not hmac.compare_digest(got[7:].encode(), api_key.encode()):
+                e = APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+                return JSONResponse(error_body(e), 401)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        b = served.batcher
+        return {
+            "status": "ok",
+            "model": served.name,
+            "running": b.running,
+            "generated_tokens": b.generated,
+            "waiting": b.waiting.qsize(),
+        }
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(served)]}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str):
+        if name != served.name:
+            raise APIError(
+                404, f"The model '{name}' does not exist.", param="model", code="model_not_found"
+            )
+        return _model_card(served)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body: ChatBody = await read_body(request, ChatBody)
+        served.check(body)
+        prompt, forced, banned = chat_prompt(served, body)
+        s = served.sampling(body, len(prompt), body.max_completion_tokens or body.max_tokens)
+        bias = served.logit_bias(body) | {t: -math.inf for t in banned}
+        q, gens = served.submit([prompt], s, body.n, bias)
+        states = [
+            ChoiceState(served, forced, prompt[-1] == served.call_open or bool(forced))
+            for _ in gens
+        ]
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": rid, "created": created, "model": served.name}
+        if not body.stream:
+            async for i, t, text, finish in _events(request, q, gens):
+                states[i].add(t, text)
+                if finish:
+                    states[i].finish = states[i].finish_reason(finish)
+            choices = [
+                {"index": i, "message": st.message(), "logprobs": None, "finish_reason": st.finish}
+                for i, st in enumerate(states)
+            ]
+            return {
+                **head,
+                "object": "chat.completion",
+                "choices": choices,
+                "usage": _usage(len(prompt), states),
+            }
+
+        def chunk(i, delta, finish=None):
+            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
+
+        async def stream():
+            for i in range(len(gens)):
+                yield chunk(i, {"role": "assistant", "content": ""})
+            async for i, t, text, finish in _events(request, q, gens):
+                new = states[i].add(t, text)
+                if new:
+                    yield chunk(i, {"content": new})
+                if finish:
+                    calls = states[i].tool_calls()
+                    if calls:
+                        yield chunk(i, {"tool_calls": calls})
+                    yield chunk(i, {}, states[i].finish_reason(finish))
+            if (body.stream_options or {}).get("include_usage"):
+                usage = _usage(len(prompt), states)
+                yield _sse(
+                    {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                )
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body: CompletionBody = await read_body(request, CompletionBody)
+        served.check(body)
+        p = body.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], str)):
+            prompts = [served.tok.encode_prompt(x) for x in ([p] if isinstance(p, str) else p)]
+        else:
+            prompts = [list(p)]
+        if any(t < 0 or t >= served.tok.vocab_size for pr in prompts for t in pr):
+            raise APIError(400, "prompt has token ids outside the vocabulary", param="prompt")
+        s = served.sampling(body, max(len(x) for x in prompts), body.max_tokens)
+        q, gens = served.submit(prompts, s, body.n, served.logit_bias(body))
+        texts, finishes, counts = [""] * len(gens), [None] * len(gens), [0] * len(gens)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
+        prompt_tokens = sum(len(x) for x in prompts) * body.n
+
+        def usage():
+            done = sum(counts)
+            return {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": done,
+                "total_tokens": prompt_tokens + done,
+            }
+
+        if not body.stream:
+            async for i, t, text, finish in _events(request, q, gens):
+                texts[i] += text
+                counts[i] += t is not None
+                finishes[i] = finish
+            choices = [
+                {"index": i, "text": texts[i], "logprobs": None, "finish_reason": finishes[i]}
+                for i in range(len(gens))
+            ]
+            return {**head, "choices": choices, "usage": usage()}
+
+        async def stream():
+            async for i, t, text, finish in _events(request, q, gens):
+                counts[i] += t is not None
+                if text or finish:
+                    choice = {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+                    yield _sse({**head, "choices": [choice]})
+            if (body.stream_options or {}).get("include_usage"):
+                yield _sse({**head, "choices": [], "usage": usage()})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    # -- the web chat ------------------------------------------------------------------------
+
+    @app.get("/")
+    async def index():
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/tools")
+    async def list_tools():
+        return {"data": [t["schema"] for t in TOOLS.values()]}
+
+    @app.post("/api/tools/run")
+    async def run_tool(request: Request):
+        """Run one of the server's own tools (the calculator) for the web chat's tool calls."""
+        body: ToolCallBody = await read_body(request, ToolCallBody)
+        call = json.dumps({"name": body.name, "arguments": body.arguments})
+        _, result = await asyncio.to_thread(run_tool_call, call)
+        return {"content": result}
+
+    @app.get("/api/conversations")
+    async def list_conversations():
+        return {"data": store.list()}
+
+    @app.get("/api/conversations/{cid}")
+    async def get_conversation(cid: str):
+        conv = store.get(cid)
+        if conv is None:
+            raise APIError(404, f"no conversation {cid}", code="not_found")
+        return conv
+
+    @app.put("/api/conversations/{cid}")
+    async def put_conversation(cid: str, request: Request):
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cid):
+            raise APIError(400, "conversation ids are 1-64 letters, digits, - or _", param="id")
+        body: ConversationBody = await read_body(request, ConversationBody)
+        return store.put(cid, body.title, body.messages, body.settings)
+
+    @app.delete("/api/conversations/{cid}")
+    async def delete_conversation(cid: str):
+        if not store.delete(cid):
+            raise APIError(404, f"no conversation {cid}", code="not_found")
+        return {"id": cid, "deleted": True}
+
+    return app
+
+
+def _model_card(served: Served) -> dict:
+    return {
+        "id": served.name,
+        "object": "model",
+        "created": int(served.dir.stat().st_mtime),
+        "owned_by": "llmos",
+        "context_length": served.context,
+    }
+
+
+def serve(model_dir: str | Path, c: ServeConfig) -> None:
+    import uvicorn
+
+    app = create_app(model_dir, c)
+    print(f"serving {app.state.served.name} at http://{c.host}:{c.port}/ (API under /v1)")
+    uvicorn.run(app, host=c.host, port=c.port, log_level="info")

@@ -1,0 +1,189 @@
+"""Continuous batching (Yu et al. 2022, "Orca"): many requests share one batched decode.
+
+One worker thread owns the model and a KV cache with a row per running request. Each loop it
+admits waiting requests (prefilling each into a free row), then runs one decode step for every
+running row at once, each at its own position (`Decoder.decode_rows`). A request that finishes
+or is cancelled (its client went away) frees its row before the next step, and the next waiting
+request takes it. Every request samples with its own settings and its own seeded generator, so
+what it generates does not depend on who else is in the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from llmos.infer.engine import Engine, SamplingConfig, TextState, sample_next
+from llmos.model import KVCache
+
+log = logging.getLogger("llmos")
+
+
+class Busy(Exception):
+    """Too many requests running and waiting."""
+
+
+@dataclass
+class Request:
+    """One generation. `emit(token, text, finish_reason)` is called on the worker thread for
+    every token (finish_reason None until the last: "stop", "length" or "error")."""
+
+    prompt: list[int]
+    sampling: SamplingConfig
+    emit: Callable[[int | None, str, str | None], None]
+    stop_ids: frozenset[int] = frozenset()
+    hidden_ids: frozenset[int] = frozenset()  # tokens that produce no text (special tokens)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # added to the logits
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True  # the worker frees the row before its next step
+
+
+@dataclass
+class _Row:
+    req: Request
+    pos: int  # where the next token's key/value goes
+    last: int = 0  # the token to feed next
+    n: int = 0  # tokens generated
+    gen: torch.Generator | None = None
+    seen: torch.Tensor | None = None
+    text: TextState | None = None
+
+
+class Batcher:
+    def __init__(self, engine: Engine, max_batch: int = 16, max_queue: int = 64):
+        self.engine, self.decoder = engine, engine.model
+        cfg = self.decoder.cfg
+        self.max_len = cfg.max_position_embeddings
+        self.cache = KVCache(cfg, max_batch, self.max_len, self.decoder.dtype)
+        self.rows: list[_Row | None] = [None] * max_batch
+        self.max_queue = max_queue
+        self.waiting: queue.Queue[Request] = queue.Queue()
+        self.lock = threading.Lock()
+        self.closed = False
+        self.generated = 0  # tokens sampled since start (/health reports it)
+        self.thread = threading.Thread(target=self._run, name="llmos-batcher", daemon=True)
+        self.thread.start()
+
+    @property
+    def running(self) -> int:
+        return sum(r is not None for r in self.rows)
+
+    def submit(self, req: Request) -> Request:
+        if not req.prompt:
+            raise ValueError("empty prompt")
+        if len(req.prompt) >= self.max_len:
+            raise ValueError(f"prompt of {len(req.prompt)} tokens; the context is {self.max_len}")
+        with self.lock:
+            if self.waiting.qsize() + self.running >= len(self.rows) + self.max_queue:
+                raise Busy(f"{len(self.rows)} requests running and {self.max_queue} waiting")
+            self.waiting.put(req)
+        return req
+
+    def close(self) -> None:
+        self.closed = True
+        self.waiting.put(None)  # wake the worker
+        self.thread.join(timeout=10)
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _run(self) -> None:
+        while not self.closed:
+            try:
+                self._admit()
+                self._step()
+            except Exception as e:  # a bug must not take the server down: fail the running ones
+                log.exception("batcher step failed")
+                for b, row in enumerate(self.rows):
+                    if row is not None:
+                        row.req.emit(None, f"internal error: {e}", "error")
+                        self.rows[b] = None
+
+    def _admit(self) -> None:
+        """Prefill waiting requests into free rows; block only when nothing is running."""
+        while None in self.rows:
+            try:
+                req = self.waiting.get(block=self.running == 0)
+            except queue.Empty:
+                return
+            if req is None or req.cancelled:
+                continue
+            b = self.rows.index(None)
+            s = req.sampling
+            text = TextState(self.engine.tok, s.stop, req.hidden_ids)
+            row = _Row(req, pos=len(req.prompt), text=text)
+            if s.seed is not None:
+                row.gen = torch.Generator().manual_seed(s.seed)
+            if s.repetition_penalty != 1.0:
+                row.seen = torch.zeros(1, self.decoder.cfg.vocab_size, dtype=torch.bool)
+                row.seen[0, req.prompt] = True
+            self.rows[b] = row
+            x = torch.tensor([req.prompt])
+            logits = self.decoder(x, cache=self.cache.row(b), last_only=True)[:, -1]
+            self._advance([b], logits)
+
+    def _step(self) -> None:
+        """One decode step for every running row (idle rows below the highest run along)."""
+        for b, row in enumerate(self.rows):
+            if row is not None and row.req.cancelled:
+                self.rows[b] = None
+        live = [b for b, row in enumerate(self.rows) if row is not None]
+        if not live:
+            return
+        hi = live[-1] + 1
+        tokens = torch.tensor([r.last if r else 0 for r in self.rows[:hi]])
+        pos = torch.tensor([r.pos if r else 0 for r in self.rows[:hi]])
+        logits = self.decoder.decode_rows(tokens, pos, self.cache)
+        for b in live:
+            self.rows[b].pos += 1
+        self._advance(live, logits[live])
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Next tokens. Rows with the same settings and no generator of their own (no seed)
+        sample in one call; a seeded row uses its own generator, so its draw does not depend
+        on its neighbours."""
+        for k, row in enumerate(rows):
+            if row.req.logit_bias:
+                ids = list(row.req.logit_bias)
+                logits[k, ids] += torch.tensor([row.req.logit_bias[i] for i in ids])
+        out = [0] * len(rows)
+        groups: dict = {}
+        for k, row in enumerate(rows):
+            s = row.req.sampling
+            shared = row.gen is None and row.seen is None
+            key = (s.temperature, s.top_k, s.top_p, s.min_p) if shared else ("own", k)
+            groups.setdefault(key, []).append(k)
+        for ks in groups.values():
+            row = rows[ks[0]]
+            picked = sample_next(logits[ks], row.req.sampling, row.gen, row.seen)
+            for k, t in zip(ks, picked.tolist()):
+                out[k] = t
+        return out
+
+    def _advance(self, live: list[int], logits: torch.Tensor) -> None:
+        """Sample the next token of each live row (logits (len(live), V)), hand it to its
+        request, and free the rows that are done."""
+        rows = [self.rows[b] for b in live]
+        for b, row, t in zip(live, rows, self._sample(rows, logits.float())):
+            req, s = row.req, row.req.sampling
+            if row.seen is not None:
+                row.seen[0, t] = True
+            row.n += 1
+            self.generated += 1
+            piece, stopped = row.text.push(t, t in req.stop_ids)
+            finish = "stop" if stopped else None
+            if finish is None and (row.n >= s.max_new_tokens or row.pos >= self.max_len):
+                piece += row.text.flush()
+                finish = "length"
+            req.emit(t, piece, finish)
+            if finish or req.cancelled:
+                self.rows[b] = None
+            else:
+                row.last = t
