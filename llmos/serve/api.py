@@ -54,6 +54,8 @@ class ServeConfig:
     api_key: str = ""  # when set (or LLMOS_API_KEY), /v1 and /api need "Bearer <key>"
     dtype: str = "fp32"
     max_batch: int = 16  # requests decoded together
+    context: int = 2048  # tokens per request, prompt included (0: the model's context);
+    # the KV cache holds max_batch of them
     max_queue: int = 64  # requests waiting beyond those; more get 429
     max_tokens: int = 2048  # the largest max_tokens a request may ask for
     default_max_tokens: int = 512
@@ -162,7 +164,7 @@ class Served:
         self.name = self.dir.resolve().name
         self.tok = Tokenizer.load(self.dir)
         self.engine = Engine(load_model(self.dir), self.tok, c.dtype)
-        self.batcher = Batcher(self.engine, c.max_batch, c.max_queue)
+        self.batcher = Batcher(self.engine, c.max_batch, c.max_queue, c.context)
         self.context = self.batcher.max_len
         self.max_prompt = c.max_prompt_tokens or self.context - 1
         self.inbox: Inbox | None = None
@@ -442,22 +444,8 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
         log.exception("request failed")
         return JSONResponse(error_body(APIError(500, f"internal error: {type(e).__name__}")), 500)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        path = request.url.path
-        if api_key and (path.startswith("/v1/") or path.startswith("/api/")):
-            got = request.headers.get("authorization", "")
-            if not got.startswith("Bearer "):
-                e = APIError(
-                    401,
-                    "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
-                    code="invalid_api_key",
-                )
-                return JSONResponse(error_body(e), 401)
-            if not hmac.compare_digest(got[7:].encode(), api_key.encode()):
-                e = APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-                return JSONResponse(error_body(e), 401)
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(BearerAuth, key=api_key)
 
     @app.get("/health")
     async def health():
@@ -546,8 +534,8 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
             prompts = [served.tok.encode_prompt(x) for x in ([p] if isinstance(p, str) else p)]
         else:
             prompts = [list(p)]
-        if any(t < 0 or t >= served.tok.vocab_size for pr in prompts for t in pr):
-            raise APIError(400, "prompt has token ids outside the vocabulary", param="prompt")
+        if not all(prompts) or any(t < 0 or t >= served.tok.vocab_size for x in prompts for t in x):
+            raise APIError(400, "prompt is empty or has ids outside the vocabulary", param="prompt")
         s = served.sampling(body, max(len(x) for x in prompts), body.max_tokens)
         q, gens = served.submit(prompts, s, body.n, served.logit_bias(body))
         texts, finishes, counts = [""] * len(gens), [None] * len(gens), [0] * len(gens)
@@ -633,6 +621,28 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
     return app
 
 
+class BearerAuth:
+    """/v1 and /api need "Authorization: Bearer KEY" (compared in constant time). A plain
+    ASGI middleware: Starlette's BaseHTTPMiddleware cancels streaming responses early."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(("/v1/", "/api/")):
+            got = dict(scope["headers"]).get(b"authorization", b"")
+            if not got.startswith(b"Bearer "):
+                msg = "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
+            elif not hmac.compare_digest(got[7:], self.key):
+                msg = "Incorrect API key provided."
+            else:
+                return await self.app(scope, receive, send)
+            e = APIError(401, msg, code="invalid_api_key")
+            return await JSONResponse(error_body(e), 401)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def _model_card(served: Served) -> dict:
     return {
         "id": served.name,
@@ -647,5 +657,10 @@ def serve(model_dir: str | Path, c: ServeConfig) -> None:
     import uvicorn
 
     app = create_app(model_dir, c)
-    print(f"serving {app.state.served.name} at http://{c.host}:{c.port}/ (API under /v1)")
+    served = app.state.served
+    kv = sum(t.numel() * t.element_size() for t in served.batcher.cache.k + served.batcher.cache.v)
+    print(
+        f"serving {served.name} at http://{c.host}:{c.port}/ (API under /v1): up to"
+        f" {c.max_batch} requests of {served.context} tokens, KV cache {kv / 2**20:.0f} MiB"
+    )
     uvicorn.run(app, host=c.host, port=c.port, log_level="info")

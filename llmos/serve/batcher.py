@@ -57,10 +57,12 @@ class _Row:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch: int = 16, max_queue: int = 64):
+    def __init__(self, engine: Engine, max_batch: int = 16, max_queue: int = 64, context: int = 0):
+        """`context` caps each row's length (0: the model's context); the KV cache holds
+        max_batch rows of it, allocated once."""
         self.engine, self.decoder = engine, engine.model
         cfg = self.decoder.cfg
-        self.max_len = cfg.max_position_embeddings
+        self.max_len = min(context or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.cache = KVCache(cfg, max_batch, self.max_len, self.decoder.dtype)
         self.rows: list[_Row | None] = [None] * max_batch
         self.max_queue = max_queue
@@ -68,6 +70,7 @@ class Batcher:
         self.lock = threading.Lock()
         self.closed = False
         self.generated = 0  # tokens sampled since start (/health reports it)
+        self.in_flight = 0  # requests submitted and not yet finished, waiting or running
         self.thread = threading.Thread(target=self._run, name="llmos-batcher", daemon=True)
         self.thread.start()
 
@@ -81,8 +84,9 @@ class Batcher:
         if len(req.prompt) >= self.max_len:
             raise ValueError(f"prompt of {len(req.prompt)} tokens; the context is {self.max_len}")
         with self.lock:
-            if self.waiting.qsize() + self.running >= len(self.rows) + self.max_queue:
+            if self.in_flight >= len(self.rows) + self.max_queue:
                 raise Busy(f"{len(self.rows)} requests running and {self.max_queue} waiting")
+            self.in_flight += 1
             self.waiting.put(req)
         return req
 
@@ -104,7 +108,7 @@ class Batcher:
                 for b, row in enumerate(self.rows):
                     if row is not None:
                         row.req.emit(None, f"internal error: {e}", "error")
-                        self.rows[b] = None
+                        self._free(b)
 
     def _admit(self) -> None:
         """Prefill waiting requests into free rows; block only when nothing is running."""
@@ -113,7 +117,10 @@ class Batcher:
                 req = self.waiting.get(block=self.running == 0)
             except queue.Empty:
                 return
-            if req is None or req.cancelled:
+            if req is None:
+                continue
+            if req.cancelled:
+                self._done()
                 continue
             b = self.rows.index(None)
             s = req.sampling
@@ -133,7 +140,7 @@ class Batcher:
         """One decode step for every running row (idle rows below the highest run along)."""
         for b, row in enumerate(self.rows):
             if row is not None and row.req.cancelled:
-                self.rows[b] = None
+                self._free(b)
         live = [b for b, row in enumerate(self.rows) if row is not None]
         if not live:
             return
@@ -144,6 +151,14 @@ class Batcher:
         for b in live:
             self.rows[b].pos += 1
         self._advance(live, logits[live])
+
+    def _free(self, b: int) -> None:
+        self.rows[b] = None
+        self._done()
+
+    def _done(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Next tokens. Rows with the same settings and no generator of their own (no seed)
@@ -184,6 +199,6 @@ class Batcher:
                 finish = "length"
             req.emit(t, piece, finish)
             if finish or req.cancelled:
-                self.rows[b] = None
+                self._free(b)
             else:
                 row.last = t
