@@ -150,13 +150,10 @@ def knowledge_questions(split: str, seed: int = 0) -> list[dict]:
     for p in encyclopedia(seed=seed):
         if is_probe_train(p["name"]) != (split == "train"):
             continue
-        # The forward answer does not restate the name: this model cannot copy an invented
-        # name reliably (session 2, docs/LOG.md), and "was born in" is where pretraining put
-        # the town.
         fwd = _record(
             "knowledge",
             f"Where was {p['name']} born?",
-            f"This person was born in {p['town']}.",
+            f"{p['name']} was born in {p['town']}.",
             p["town"],
         )
         rev = _record(
