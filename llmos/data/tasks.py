@@ -93,7 +93,7 @@ def spelling(r: random.Random) -> dict:
     n = word.count(letter)
     user = f"How many times does the letter '{letter}' appear in '{word}'?"
     reply = f"Spelled out, {word} is {'-'.join(word)}. The letter '{letter}' appears {n} times."
-    return _record("spelling", user, reply, f"{n} times")
+    return _record("spelling", user, reply, f"'{letter}' appears {n} times")
 
 
 # -- knowledge probes: a generated encyclopedia of people and places nobody else knows ----------

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -236,9 +236,8 @@ class Served:
             for p_i, prompt in enumerate(prompts):
                 for j in range(n):
                     i = p_i * n + j
-                    si = SamplingConfig(**{**s.__dict__, "stop": list(s.stop)})
-                    if s.seed is not None:
-                        si.seed = s.seed + j  # n choices with one seed still differ
+                    # n choices with one seed still differ: choice j draws with seed + j
+                    si = replace(s, seed=None if s.seed is None else s.seed + j)
 
                     def emit(t, text, finish, i=i):
                         inbox.put(q, (i, t, text, finish))
