@@ -8,6 +8,7 @@ A stage that already finished is skipped, one that was interrupted resumes.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,9 @@ def _stage(out: Path, run) -> float:
         return 0.0
     t = time.time()
     run(resume=(out / "train_state.pt").exists())
+    if not (out / "report.md").exists():  # stopped by Ctrl-C: the next stage must not start
+        print(f"{out}: stopped; run the same command again to continue")
+        sys.exit(0)
     return time.time() - t
 
 

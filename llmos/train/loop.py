@@ -8,10 +8,13 @@ atomically), exact resume and Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +89,28 @@ def check_start(out: Path, c, resume: bool) -> None:
         raise ResumeError(f"{out} already holds a run; pass --resume or choose another --out")
 
 
+@contextlib.contextmanager
+def _ctrl_c_ends_the_step():
+    """Ctrl-C (SIGINT) lets the current step finish, then the loop saves and stops; a second
+    Ctrl-C stops at once. A KeyboardInterrupt at an arbitrary point could leave a lock or a
+    file half-written; a flag checked between steps cannot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits = []
+
+    def on_sigint(*_):
+        hits.append(1)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train_loop(
     c,
     out: Path,
@@ -144,10 +169,9 @@ def train_loop(
 
     model.train()
     bar = tqdm(total=c.max_steps, initial=step, desc=kind, unit="step", dynamic_ncols=True)
-    finished = False
     t_last, tokens_since = time.time(), 0
-    try:
-        while step < c.max_steps:
+    with _ctrl_c_ends_the_step() as interrupted:
+        while step < c.max_steps and not interrupted():
             lr = lr_at(step, c)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -184,11 +208,9 @@ def train_loop(
                 t_last, tokens_since = time.time(), 0
             if step % c.checkpoint_every == 0 and step < c.max_steps:
                 checkpoint()
-            if stop_at is not None and step >= stop_at and step < c.max_steps:
-                raise KeyboardInterrupt
-        finished = True
-    except KeyboardInterrupt:
-        pass
+            if stop_at is not None and step >= stop_at:
+                break
+    finished = step >= c.max_steps
     bar.close()
     checkpoint()
     if not finished:
