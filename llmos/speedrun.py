@@ -31,7 +31,12 @@ class SpeedrunConfig:
     pretrain_steps: int = 1000
     batch_size: int = 16
     sft_steps: int = 600
-    sft_data: str = "identity:0.5,arithmetic:3,spelling:1,knowledge:0.3"
+    sft_data: str = "identity:1,arithmetic:3,spelling:1,knowledge:0.3"
+    # LoRA, not full fine-tuning: full fine-tuning overwrote the lookup of facts stored in
+    # pretraining (held-out knowledge 0%); LoRA learns the format and forgets less
+    # (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"). 0: every weight trains.
+    sft_lora_rank: int = 16
+    sft_lr: float = 2e-3
     eval_n: int = 40  # held-out questions per task
     seed: int = 0
 
@@ -66,6 +71,8 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
         base=str(out / "base"),
         data=c.sft_data,
         max_steps=c.sft_steps,
+        lr=c.sft_lr,
+        lora_rank=c.sft_lora_rank,
         seed=c.seed,
         checkpoint_every=100,
     )
@@ -106,11 +113,12 @@ def report_card(out: Path, c: SpeedrunConfig, times: dict, results: dict) -> str
             samples.append(
                 f"- **user:** {e['question']}{calls}\n  **assistant:** {e['reply']} ({mark})"
             )
+    tuned = f"LoRA rank {c.sft_lora_rank}" if c.sft_lora_rank else "every weight"
     stage_rows = "\n".join(f"| {k} | {v / 60:.1f} min |" for k, v in times.items())
     return f"""# llmos speedrun report card
 
 Preset `{c.preset}`: {c.pretrain_steps} pretraining steps of {c.batch_size}×256 tokens on the
-default corpus, {c.sft_steps} fine-tuning steps on `{c.sft_data}`; greedy decoding, the
+default corpus, {c.sft_steps} fine-tuning steps ({tuned}) on `{c.sft_data}`; greedy decoding, the
 calculator tool on, {c.eval_n} held-out questions per task.
 
 ## Stages

@@ -7,7 +7,15 @@ import torch
 
 from llmos.agent.tools import ToolError, calculate, run_tool_call
 from llmos.data.corpora import CorpusError
-from llmos.data.tasks import check, generate, read_conversations
+from llmos.data.tasks import (
+    check,
+    encyclopedia,
+    encyclopedia_docs,
+    generate,
+    is_probe_train,
+    knowledge_questions,
+    read_conversations,
+)
 from llmos.model import Transformer
 from llmos.tokenizer import render
 from tests.test_model import tiny_config
@@ -110,6 +118,19 @@ def test_task_checkers_accept_their_own_answers_and_reject_others():
         for r in recs:
             assert check(r, r["messages"][-1]["content"])
             assert not check(r, "I do not know.")
+
+
+def test_held_out_people_appear_only_in_biographies():
+    """Knowledge probes ask about people whose questions and answers nobody trained on: not
+    fine-tuning, and not the question-answer text mixed into pretraining."""
+    held = {r["messages"][0]["content"] for r in knowledge_questions("eval")}
+    people = [p for p in encyclopedia() if not is_probe_train(p["name"])]
+    assert len(people) >= 10 and len(held) == 2 * len(people)
+    assert not held & {r["messages"][0]["content"] for r in generate("knowledge", 500)}
+    qa = [text for i, text in encyclopedia_docs() if i.startswith("encyclopedia/qa/")]
+    assert qa and not any(p["name"] in text for p in people for text in qa)
+    bios = "\n".join(text for _, text in encyclopedia_docs())
+    assert all(f"{p['name']} was born in {p['town']}" in bios for p in people)
 
 
 def test_packed_rows_do_not_attend_across_conversations(tok):

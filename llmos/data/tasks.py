@@ -30,23 +30,32 @@ def _record(task: str, user: str, reply: list[dict] | str, answer: str) -> dict:
 
 
 def identity(r: random.Random) -> dict:
-    """Greetings and "who are you?": the assistant knows its name."""
-    asks = [
-        "Who are you?",
-        "What is your name?",
-        "Hello! Who am I talking to?",
-        "Hi, what are you?",
-        "Introduce yourself.",
-        "Are you an AI?",
-        "Hey there!",
-        "Good morning, who is this?",
-    ]
+    """Greetings and "who are you?": the assistant knows its name. Greetings times questions
+    make ~80 phrasings, so the held-out fifth tests the skill rather than five memorised lines."""
+    greeting = r.choice(["", "Hello! ", "Hi! ", "Hey there! ", "Good morning! ", "Good evening. "])
+    ask = r.choice(
+        [
+            "Who are you?",
+            "What is your name?",
+            "Who am I talking to?",
+            "What are you?",
+            "Who is this?",
+            "Introduce yourself.",
+            "Are you an AI?",
+            "Tell me about yourself.",
+            "What should I call you?",
+            "Are you a person?",
+            "Which model are you?",
+            "What do you do?",
+            "Can you tell me who you are?",
+        ]
+    )
     replies = [
         f"I am {NAME}, a small language model trained from scratch on a laptop.",
         f"Hello! I'm {NAME}, a small assistant. How can I help?",
         f"My name is {NAME}. I am a small language model.",
     ]
-    return _record("identity", r.choice(asks), r.choice(replies), NAME)
+    return _record("identity", greeting + ask, r.choice(replies), NAME)
 
 
 def arithmetic(r: random.Random) -> dict:
@@ -123,19 +132,33 @@ def encyclopedia(n: int = 30, seed: int = 0) -> list[dict]:
     return people
 
 
-def encyclopedia_docs(n: int = 30, seed: int = 0, repeats: int = 400) -> list[tuple[str, str]]:
+def encyclopedia_docs(
+    n: int = 30, seed: int = 0, repeats: int = 400, qa_repeats: int = 100
+) -> list[tuple[str, str]]:
     """(id, text) documents stating each person's birthplace, always as "<name> ... <town>"
-    (the forward direction only: the reverse question tests the reversal curse)."""
+    (the forward direction only: the reverse question tests the reversal curse).
+
+    For the fine-tuning half of the people, pretraining also sees the facts as questions and
+    answers ("mixed training", Allen-Zhu & Li 2023, Physics of LMs 3.1): a model that saw
+    only biographies stores the facts but cannot yet be asked for them, and fine-tuning alone
+    then teaches it to recite memorised answers instead of looking the asked person up."""
     forms = [
         "{name} was born in {town}. {name} worked as {a} {job}.",
         "{name}, {a} {job}, was born in {town}.",
         "The {job} {name} was born in the town of {town}.",
         "{name} was born in {town} and became a well known {job}.",
     ]
+    qa = "Question: Where was {name} born?\nAnswer: {name} was born in {town}."
+    people = encyclopedia(n, seed)
     docs = []
-    for p in encyclopedia(n, seed):
+    for p in people:
         for k in range(repeats):
             docs.append((f"encyclopedia/{p['name']}/{k}", forms[k % len(forms)].format(**p)))
+    for p in people:
+        if is_probe_train(p["name"]):
+            docs += [
+                (f"encyclopedia/qa/{p['name']}/{k}", qa.format(**p)) for k in range(qa_repeats)
+            ]
     return docs
 
 
