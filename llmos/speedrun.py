@@ -8,6 +8,7 @@ A stage that already finished is skipped, one that was interrupted resumes.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -93,6 +94,11 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
     return out
 
 
+def p_by_chance(right: int, n: int, p: float) -> float:
+    """P(at least `right` of `n` by guessing, each right with probability p): binomial tail."""
+    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(right, n + 1))
+
+
 def report_card(out: Path, c: SpeedrunConfig, times: dict, results: dict) -> str:
     base_metrics = [r for r in read_metrics(out / "base") if "val_bpb" in r]
     base_report = (out / "base" / "report.md").read_text()
@@ -112,6 +118,15 @@ def report_card(out: Path, c: SpeedrunConfig, times: dict, results: dict) -> str
             mark = "right" if e["correct"] else "wrong"
             samples.append(
                 f"- **user:** {e['question']}{calls}\n  **assistant:** {e['reply']} ({mark})"
+            )
+    chance = []
+    for t in ("knowledge", "knowledge-reverse"):
+        if a := results["assistant"].get(t):
+            k = round(a["accuracy"] * a["n"])
+            p = p_by_chance(k, a["n"], 1 / n_people)
+            chance.append(
+                f"- assistant, `{t}`: {k}/{a['n']} right; a guess at the base rate gets {k} or "
+                f"more right with probability {p:.1g}."
             )
     tuned = f"LoRA rank {c.sft_lora_rank}" if c.sft_lora_rank else "every weight"
     stage_rows = "\n".join(f"| {k} | {v / 60:.1f} min |" for k, v in times.items())
@@ -140,13 +155,16 @@ Final val bits per byte **{base_metrics[-1]["val_bpb"]:.3f}**; on the same text:
 |---|---|---|---|
 {chr(10).join(rows)}
 
-Knowledge probes ask about fictional people the fine-tuning never mentioned (the other half
-of the {n_people}-person encyclopedia was used to teach the question format); a random person
+Knowledge probes ask about fictional people who appear only in the biographies of the
+pretraining corpus (the other half of the {n_people}-person encyclopedia also appears as
+questions and answers, in pretraining and in fine-tuning, to teach the format); a random person
 or town of the encyclopedia would be right {1 / n_people:.1%} of the time (the base rate).
 `knowledge` asks "where was X born?" (the direction the encyclopedia states);
 `knowledge-reverse` asks "who was born in T?" (the reversal curse, Berglund et al. 2023).
 `arithmetic-direct` are small numbers the model answers itself; `arithmetic-tool` larger ones
 it is taught to hand to the calculator.
+
+{chr(10).join(chance)}
 
 ## Sample conversations (assistant)
 
