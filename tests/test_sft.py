@@ -39,35 +39,31 @@ def test_tool_call_runs_through_the_engine(assistant):
         sft(c, out)
 
 
-def test_terminal_chat_shows_tool_calls(assistant, tmp_path):
+def _chat(model_dir, script: str, *flags: str):
+    """`llmos chat` in a subprocess, typed into through stdin."""
     import subprocess
     import sys
 
+    cmd = [sys.executable, "-m", "llmos.cli", "chat", str(model_dir), "--temperature", "0"]
+    return subprocess.run([*cmd, *flags], input=script, capture_output=True, text=True, timeout=120)
+
+
+def test_terminal_chat_shows_tool_calls(assistant, tmp_path):
     _, out = assistant
     script = "/help\nWhat is 1234 * 5678?\n/save {}\n/quit\n".format(tmp_path / "c.json")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llmos.cli",
-            "chat",
-            str(out),
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "120",
-        ],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _chat(out, script, "--max-new-tokens", "120")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "/reset" in r.stdout  # the help text
     assert '[tool call] calculator({"expression": "1234 * 5678"})' in r.stdout
     assert "[tool result] 7006652" in r.stdout
     saved = json.loads((tmp_path / "c.json").read_text())["messages"]
     assert [m["role"] for m in saved] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_terminal_chat_with_smollm2_uses_its_template(smollm2):
+    r = _chat(smollm2, "What is the capital of France?\n/quit\n", "--max-new-tokens", "40")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Paris" in r.stdout
 
 
 def test_malformed_tool_call_becomes_an_error_message(base):
