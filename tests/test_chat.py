@@ -129,11 +129,8 @@ def test_held_out_people_appear_only_in_biographies():
     assert not held & {r["messages"][0]["content"] for r in generate("knowledge", 500)}
     qa = [text for i, text in encyclopedia_docs() if i.startswith("encyclopedia/qa/")]
     assert qa and not any(p["name"] in text for p in people for text in qa)
-    docs = [text for _, text in encyclopedia_docs()]
-    for p in encyclopedia():  # every fact stated forward only: no name after its town
-        about = [t for t in docs if p["name"] in t]
-        assert about and all(p["town"] in t for t in about)
-        assert all(t.rindex(p["name"]) < t.index(p["town"]) for t in about)
+    bios = "\n".join(text for _, text in encyclopedia_docs())
+    assert all(f"{p['name']} was born in {p['town']}" in bios for p in people)
 
 
 def test_packed_rows_do_not_attend_across_conversations(tok):

@@ -135,16 +135,17 @@ def encyclopedia(n: int = 30, seed: int = 0) -> list[dict]:
 def encyclopedia_docs(
     n: int = 30, seed: int = 0, repeats: int = 400, qa_repeats: int = 100
 ) -> list[tuple[str, str]]:
-    """(id, text) documents stating each person's birthplace, always as "<name> ... <town>"
-    with no name after the town (the forward direction only: the reverse question tests the
-    reversal curse; a form like "X was born in T. X worked as ..." would teach T -> X).
+    """(id, text) documents stating each person's birthplace as "<name> ... <town>" (the
+    forward direction; the reverse question tests the reversal curse). One form repeats the
+    name after the town ("X was born in T. X worked as ..."), which the base model can recite
+    from the town; the one run of a forward-only variant failed the probes (docs/LOG.md).
 
     For the fine-tuning half of the people, pretraining also sees the facts as questions and
     answers ("mixed training", Allen-Zhu & Li 2023, Physics of LMs 3.1): a model that saw
     only biographies stores the facts but cannot yet be asked for them, and fine-tuning alone
     then teaches it to recite memorised answers instead of looking the asked person up."""
     forms = [
-        "{name} worked as {a} {job} and was born in {town}.",
+        "{name} was born in {town}. {name} worked as {a} {job}.",
         "{name}, {a} {job}, was born in {town}.",
         "The {job} {name} was born in the town of {town}.",
         "{name} was born in {town} and became a well known {job}.",
