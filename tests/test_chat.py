@@ -8,7 +8,6 @@ import torch
 from llmos.agent.tools import ToolError, calculate, run_tool_call
 from llmos.data.corpora import CorpusError
 from llmos.data.tasks import (
-    calculator_docs,
     check,
     encyclopedia,
     encyclopedia_docs,
@@ -119,15 +118,6 @@ def test_task_checkers_accept_their_own_answers_and_reject_others():
         for r in recs:
             assert check(r, r["messages"][-1]["content"])
             assert not check(r, "I do not know.")
-
-
-def test_pretraining_arithmetic_never_asks_an_eval_question():
-    docs = calculator_docs()
-    asked = {text.split("\n")[0].removeprefix("Question: ") for _, text in docs}
-    held = {r["messages"][0]["content"] for r in generate("arithmetic", 500, split="eval")}
-    assert len(asked) == len(docs) and not asked & held
-    tool = [text for _, text in docs if "\nCalculator: " in text]
-    assert len(tool) > len(docs) / 2
 
 
 def test_held_out_people_appear_only_in_biographies():

@@ -164,24 +164,6 @@ def encyclopedia_docs(
     return docs
 
 
-def calculator_docs(n: int = 3000, seed: int = 0) -> list[tuple[str, str]]:
-    """(id, text) worked arithmetic from the train part of the task, the large numbers through a
-    calculator line. A small model learns to copy an 8-digit number from context only with
-    practice, and fine-tuning alone is too short for it: its calculator route varied 61-100%
-    between runs. Mixing task text into pretraining is nanochat's midtraining in miniature."""
-    docs = []
-    for k, rec in enumerate(generate("arithmetic", n, seed=seed + 1)):
-        turns = rec["messages"]
-        if rec["task"] == "arithmetic-tool":
-            expr = turns[1]["tool_calls"][0]["function"]["arguments"]["expression"]
-            calc = f"\nCalculator: {expr} = {turns[2]['content']}"
-        else:
-            calc = ""
-        text = f"Question: {turns[0]['content']}{calc}\nAnswer: {turns[-1]['content']}"
-        docs.append((f"calculator/{k}", text))
-    return docs
-
-
 def is_probe_train(name: str) -> bool:
     """Half the people: fine-tuning teaches the question format on them; eval asks the rest."""
     return not _held_out(name, 0.5)
