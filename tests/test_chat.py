@@ -127,9 +127,10 @@ def test_held_out_people_appear_only_in_biographies():
     people = [p for p in encyclopedia() if not is_probe_train(p["name"])]
     assert len(people) >= 10 and len(held) == 2 * len(people)
     assert not held & {r["messages"][0]["content"] for r in generate("knowledge", 500)}
-    qa = [text for i, text in encyclopedia_docs() if i.startswith("encyclopedia/qa/")]
+    docs = encyclopedia_docs()
+    qa = [text for i, text in docs if i.startswith("encyclopedia/qa/")]
     assert qa and not any(p["name"] in text for p in people for text in qa)
-    bios = "\n".join(text for _, text in encyclopedia_docs())
+    bios = "\n".join(text for _, text in docs)
     assert all(f"{p['name']} was born in {p['town']}" in bios for p in people)
 
 

@@ -3,15 +3,14 @@
 Routes: GET /v1/models, POST /v1/chat/completions and /v1/completions (streaming over SSE or
 not), GET /health, the web chat at / with its conversations under /api/conversations. Every
 error has OpenAI's shape, {"error": {"message", "type", "param", "code"}}, so clients report it
-as they would OpenAI's. Generation goes through the continuous batcher (serve/batcher.py).
+as they would OpenAI's (serve/errors.py). Generation goes through the continuous batcher
+(serve/batcher.py); the web chat's routes are in serve/web.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import logging
 import math
 import os
 import re
@@ -24,20 +23,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.checkpoint import load_model
 from llmos.infer.engine import Engine, SamplingConfig
 from llmos.serve.batcher import Batcher, Busy
 from llmos.serve.batcher import Request as Generation
+from llmos.serve.errors import APIError, BearerAuth, add_error_handlers, read_body
 from llmos.serve.store import ChatStore
 from llmos.serve.web import add_web_chat
 from llmos.tokenizer import ConversationError, Tokenizer, render
-
-log = logging.getLogger("llmos")
 
 
 @dataclass
@@ -55,17 +51,6 @@ class ServeConfig:
     max_n: int = 8
     max_prompt_tokens: int = 0  # 0: the model's context length minus one
     db: str = ""  # the web chat's SQLite file; empty: the llmos cache's chats.sqlite
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param=None, code=None, kind=None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-
-
-def error_body(e: APIError) -> dict:
-    return {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}
 
 
 # -- request bodies --------------------------------------------------------------------------
@@ -95,21 +80,6 @@ class ChatBody(_Body):
 class CompletionBody(_Body):
     prompt: str | list[str] | list[int]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
-
-
-async def read_body(request: Request, cls: type[BaseModel]) -> Any:
-    try:
-        data = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"We could not parse the JSON body of your request: {e}") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "The request body must be a JSON object.")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"])
-        raise APIError(400, f"Invalid value for '{param}': {err['msg']}", param=param) from None
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -402,28 +372,7 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="llmos", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.served = served
-
-    @app.exception_handler(APIError)
-    async def _api_error(_, e: APIError):
-        return JSONResponse(error_body(e), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_, e: RequestValidationError):
-        err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"][1:])
-        return JSONResponse(error_body(APIError(400, err["msg"], param=param)), 400)
-
-    @app.exception_handler(HTTPException)
-    async def _http(_, e: HTTPException):
-        code = "not_found" if e.status_code == 404 else None
-        return JSONResponse(
-            error_body(APIError(e.status_code, str(e.detail), code=code)), e.status_code
-        )
-
-    @app.exception_handler(Exception)
-    async def _crash(_, e: Exception):
-        log.exception("request failed")
-        return JSONResponse(error_body(APIError(500, f"internal error: {type(e).__name__}")), 500)
+    add_error_handlers(app)
 
     if api_key:
         app.add_middleware(BearerAuth, key=api_key)
@@ -557,28 +506,6 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
 
     add_web_chat(app, store)
     return app
-
-
-class BearerAuth:
-    """/v1 and /api need "Authorization: Bearer KEY" (compared in constant time). A plain
-    ASGI middleware: Starlette's BaseHTTPMiddleware cancels streaming responses early."""
-
-    def __init__(self, app, key: str):
-        self.app, self.key = app, key.encode()
-
-    async def __call__(self, scope, receive, send):
-        path = scope.get("path", "")
-        if scope["type"] == "http" and path.startswith(("/v1/", "/api/")):
-            got = dict(scope["headers"]).get(b"authorization", b"")
-            if not got.startswith(b"Bearer "):
-                msg = "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
-            elif not hmac.compare_digest(got[7:], self.key):
-                msg = "Incorrect API key provided."
-            else:
-                return await self.app(scope, receive, send)
-            e = APIError(401, msg, code="invalid_api_key")
-            return await JSONResponse(error_body(e), 401)(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def _model_card(served: Served) -> dict:

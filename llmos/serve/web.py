@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from llmos.agent.tools import TOOLS, run_tool_call
+from llmos.serve.errors import APIError, read_body
 from llmos.serve.store import ChatStore
 
 STATIC = Path(__file__).parent / "static"
@@ -37,8 +38,6 @@ class ConversationBody(BaseModel):
 
 
 def add_web_chat(app: FastAPI, store: ChatStore) -> None:
-    from llmos.serve.api import APIError, read_body
-
     @app.get("/")
     async def index():
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
