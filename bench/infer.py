@@ -20,10 +20,10 @@ import torch
 
 from llmos import run as runpy
 from llmos.checkpoint import load_model, save_weights
+from llmos.common import set_threads
 from llmos.config import preset
 from llmos.infer.engine import Engine, SamplingConfig
 from llmos.model import Transformer
-from llmos.train.pretrain import set_threads
 
 
 class IdsOnly:

@@ -14,10 +14,10 @@ import time
 
 import torch
 
+from llmos.common import set_threads
 from llmos.config import preset
 from llmos.model import Transformer
-from llmos.train.loop import make_optimizer
-from llmos.train.pretrain import PretrainConfig, set_threads
+from llmos.train.loop import TrainConfig, make_optimizer
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
@@ -36,7 +36,7 @@ def train_speed(name: str, batch: int, bf16: bool, steps: int) -> float:
     cfg = preset(name)
     model = Transformer(cfg)
     model.init_weights()
-    opt = make_optimizer(model, PretrainConfig())
+    opt = make_optimizer(model, TrainConfig())
     T = cfg.max_position_embeddings
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (batch, T), generator=g)

@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from llmos.agent.loop import assistant_turn
 from llmos.checkpoint import load_model
-from llmos.infer.engine import Engine, SamplingConfig, assistant_turn
-from llmos.tokenizer import Tokenizer, render
+from llmos.common import LlmosError, arg
+from llmos.infer.engine import DTYPES, Engine, SamplingConfig
+from llmos.tokenizer import Tokenizer
+
+
+@dataclass
+class ChatConfig:
+    model_dir: str = arg("", "the model directory to chat with", positional=True)
+    system: str = arg("", "custom instructions (a system message)")
+    temperature: float = arg(0.7, "sampling temperature; 0 is greedy")
+    max_new_tokens: int = arg(256, "the longest reply, in tokens")
+    dtype: str = arg("fp32", "weights in the engine", choices=list(DTYPES))
+
 
 HELP = """commands:
   /reset            start over (keeps the system prompt)
@@ -39,17 +52,6 @@ def read_message(prompt: str = "you> ") -> str | None:
         return "\n".join(lines)
 
 
-def template_turn(engine: Engine, tok: Tokenizer, messages: list[dict], s: SamplingConfig) -> dict:
-    """A reply rendered through the model's own Jinja chat template (no tool calls)."""
-    ids, _ = render(tok, messages, add_generation_prompt=True)
-    out = []
-    for _, _, piece, _ in engine.stream([ids], s):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-        out.append(piece)
-    return {"role": "assistant", "content": "".join(out)}
-
-
 def show_tool_message(m: dict) -> None:
     if m.get("tool_calls"):
         fn = m["tool_calls"][0]["function"]
@@ -59,50 +61,57 @@ def show_tool_message(m: dict) -> None:
         sys.stdout.write("assistant> ")
 
 
-def chat_loop(args) -> None:
-    tok = Tokenizer.load(args.model_dir)
-    engine = Engine(load_model(args.model_dir), tok, args.dtype)
+def chat(c: ChatConfig) -> None:
+    """The terminal chat: read a message, stream the reply, until /quit or end of input."""
+    tok = Tokenizer.load(c.model_dir)
     if not tok.llmos_format and not tok.chat_template:
-        sys.exit(f"{args.model_dir}: no chat template; this is a base model (try llmos sample)")
-    s = SamplingConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-    system = args.system
+        raise LlmosError(f"{c.model_dir}: no chat template; a base model (try llmos sample)")
+    engine = Engine(load_model(c.model_dir), tok, c.dtype)
+    s = SamplingConfig(temperature=c.temperature, max_new_tokens=c.max_new_tokens)
+    system = c.system
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    print(f"chatting with {args.model_dir} (/help for commands)")
+    print(f"chatting with {c.model_dir} (/help for commands)")
     while True:
         text = read_message()
         if text is None or text.strip() == "/quit":
             print()
             return
         cmd, _, rest = text.strip().partition(" ")
-        if cmd == "/help":
-            print(HELP)
-        elif cmd == "/reset":
-            messages = [{"role": "system", "content": system}] if system else []
-        elif cmd == "/system":
-            system = rest
-            messages = [m for m in messages if m["role"] != "system"]
-            messages = ([{"role": "system", "content": system}] if system else []) + messages
-        elif cmd == "/temp":
-            s.temperature = float(rest)
-        elif cmd == "/save":
-            Path(rest).write_text(json.dumps({"messages": messages}, indent=2))
-            print(f"saved {len(messages)} messages to {rest}")
-        elif cmd == "/load":
-            messages = json.loads(Path(rest).read_text())["messages"]
-            print(f"loaded {len(messages)} messages")
-        elif cmd.startswith("/"):
-            print(f"unknown command {cmd}; /help lists them")
-        else:
-            messages.append({"role": "user", "content": text})
-            sys.stdout.write("assistant> ")
-            if tok.llmos_format:
-                messages += assistant_turn(
-                    engine,
-                    messages,
-                    s,
-                    on_message=show_tool_message,
-                    on_text=lambda p: (sys.stdout.write(p), sys.stdout.flush()),
-                )
+        try:
+            if cmd == "/help":
+                print(HELP)
+            elif cmd == "/reset":
+                messages = [{"role": "system", "content": system}] if system else []
+            elif cmd == "/system":
+                system = rest
+                messages = [m for m in messages if m["role"] != "system"]
+                messages = ([{"role": "system", "content": system}] if system else []) + messages
+            elif cmd == "/temp":
+                s.temperature = float(rest)
+            elif cmd == "/save":
+                Path(rest).write_text(json.dumps({"messages": messages}, indent=2))
+                print(f"saved {len(messages)} messages to {rest}")
+            elif cmd == "/load":
+                messages = json.loads(Path(rest).read_text())["messages"]
+                print(f"loaded {len(messages)} messages")
+            elif cmd.startswith("/"):
+                print(f"unknown command {cmd}; /help lists them")
             else:
-                messages.append(template_turn(engine, tok, messages, s))
-            print()
+                messages += reply(engine, messages + [{"role": "user", "content": text}], s)
+        except (OSError, ValueError, KeyError, TypeError, LlmosError) as e:
+            # A mistyped command or an unreadable file must not end the conversation.
+            print(f"error: {e}")
+
+
+def reply(engine: Engine, messages: list[dict], s: SamplingConfig) -> list[dict]:
+    """The user's message and the reply, streamed (llmos models run their tool calls)."""
+    sys.stdout.write("assistant> ")
+    new = assistant_turn(
+        engine,
+        messages,
+        s,
+        on_message=show_tool_message,
+        on_text=lambda p: (sys.stdout.write(p), sys.stdout.flush()),
+    )
+    print()
+    return [messages[-1], *new]

@@ -9,40 +9,20 @@ written to a temporary name and renamed, so a crash mid-write leaves the previou
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from llmos.common import LlmosError, atomic_write, atomic_write_text
 from llmos.config import ModelConfig
 from llmos.model import Transformer, rope_tables
 from llmos.tokenizer import Tokenizer
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LlmosError):
     """A model directory llmos cannot load; the message names the file and the tensor."""
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def save_weights(model: Transformer, path: str | Path, metadata: dict | None = None) -> None:
@@ -51,7 +31,7 @@ def save_weights(model: Transformer, path: str | Path, metadata: dict | None = N
     if model.cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
-    _atomic(Path(path), lambda tmp: save_file(sd, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
 
 
 def save_model_dir(model: Transformer, tok: Tokenizer, out: str | Path, step: int = 0) -> None:
@@ -125,7 +105,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> Tra
 
 
 def save_state(path: str | Path, state: dict) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict:

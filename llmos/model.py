@@ -97,6 +97,26 @@ class KVCache:
         end = self.pos + t
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def fork(self, n: int) -> None:
+        """Repeat every row n times (row b becomes rows b·n .. b·n + n-1): N continuations of
+        one prompt share its prefill."""
+        self.k = [k.repeat_interleave(n, 0) for k in self.k]
+        self.v = [v.repeat_interleave(n, 0) for v in self.v]
+
+    def grow(self, max_len: int) -> None:
+        """Make room for at least max_len positions (doubling, so growth is amortised)."""
+        have = self.k[0].shape[2]
+        if max_len <= have:
+            return
+        new = max(max_len, 2 * have)
+
+        def bigger(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_zeros(*t.shape[:2], new, t.shape[3])
+            out[:, :, :have] = t
+            return out
+
+        self.k, self.v = [bigger(k) for k in self.k], [bigger(v) for v in self.v]
+
     def row(self, b: int) -> KVCache:
         """A batch-1 cache that is a view of row b (writes land in this cache), empty."""
         view = KVCache.__new__(KVCache)

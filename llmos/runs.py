@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmos.checkpoint import atomic_write_text
+from llmos.common import atomic_write, atomic_write_text
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -49,12 +49,6 @@ def plot_curves(run_dir: str | Path, keys: list[str], out_name: str = "loss.png"
     ax.legend()
     fig.tight_layout()
     path = Path(run_dir) / out_name
-    tmp = path.with_name(f".{out_name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return path
-
-
-def write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -9,18 +9,20 @@ A stage that already finished is skipped, one that was interrupted resumes.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from llmos.checkpoint import atomic_write_text, load_model
-from llmos.data.tasks import encyclopedia
-from llmos.eval.tasks import EVAL_GROUPS, evaluate
+from llmos import tasks
+from llmos.checkpoint import load_model
+from llmos.common import arg, atomic_write_text, write_json
+from llmos.config import PRESETS
+from llmos.data.encyclopedia import encyclopedia
+from llmos.eval.tasks import evaluate
 from llmos.infer.engine import Engine
-from llmos.runs import read_metrics, write_json
+from llmos.runs import read_metrics
 from llmos.tokenizer import Tokenizer
 from llmos.train.pretrain import PretrainConfig, pretrain
 from llmos.train.sft import SFTConfig, sft
@@ -28,34 +30,40 @@ from llmos.train.sft import SFTConfig, sft
 
 @dataclass
 class SpeedrunConfig:
-    preset: str = "micro"
-    pretrain_steps: int = 1000
-    batch_size: int = 16
-    sft_steps: int = 600
-    sft_data: str = "identity:1,arithmetic:3,spelling:1,knowledge:0.3"
+    preset: str = arg("micro", "model shape (llmos presets lists them)", choices=list(PRESETS))
+    pretrain_steps: int = arg(1000, "pretraining steps")
+    batch_size: int = arg(16, "pretraining rows of 256 tokens per step")
+    sft_steps: int = arg(600, "fine-tuning steps")
+    sft_data: str = arg(
+        "identity:1,arithmetic:3,spelling:1,knowledge:0.3",
+        "fine-tuning data: tasks and JSONL files, comma-separated name[:weight]",
+    )
     # LoRA, not full fine-tuning: full fine-tuning overwrote the lookup of facts stored in
     # pretraining (held-out knowledge 0%); LoRA learns the format and forgets less
-    # (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"). 0: every weight trains.
-    sft_lora_rank: int = 16
-    sft_lr: float = 2e-3
-    eval_n: int = 40  # held-out questions per task
-    seed: int = 0
+    # (Biderman et al. 2024, "LoRA Learns Less and Forgets Less").
+    sft_lora_rank: int = arg(16, "LoRA rank of fine-tuning; 0: every weight trains")
+    sft_lr: float = arg(2e-3, "fine-tuning peak learning rate")
+    eval_n: int = arg(40, "held-out questions per task")
+    seed: int = arg(0, "seed of every stage")
 
 
-def _stage(out: Path, run) -> float:
-    """Run a training stage unless it finished before; resume it if it was interrupted."""
+def _stage(out: Path, run) -> float | None:
+    """Run a training stage unless it finished before; resume it if it was interrupted. The
+    seconds it took, or None if it was stopped (Ctrl-C) before finishing."""
     if (out / "report.md").exists():
         print(f"{out}: finished before, skipped")
         return 0.0
     t = time.time()
     run(resume=(out / "train_state.pt").exists())
-    if not (out / "report.md").exists():  # stopped by Ctrl-C: the next stage must not start
+    if not (out / "report.md").exists():
         print(f"{out}: stopped; run the same command again to continue")
-        sys.exit(0)
+        return None
     return time.time() - t
 
 
 def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
+    """Pretrain, fine-tune, evaluate, report; a stage stopped by Ctrl-C ends the run there
+    (the next stage must not start from a half-trained model)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     times = {}
@@ -68,6 +76,8 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
         checkpoint_every=100,
     )
     times["pretrain"] = _stage(out / "base", lambda resume: pretrain(pc, out / "base", resume))
+    if times["pretrain"] is None:
+        return out
     sc = SFTConfig(
         base=str(out / "base"),
         data=c.sft_data,
@@ -80,6 +90,8 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
     times["fine-tune"] = _stage(
         out / "assistant", lambda resume: sft(sc, out / "assistant", resume)
     )
+    if times["fine-tune"] is None:
+        return out
     t = time.time()
     results = {}
     for name in ("base", "assistant"):
@@ -105,7 +117,7 @@ def report_card(out: Path, c: SpeedrunConfig, times: dict, results: dict) -> str
     xz = next(line for line in base_report.splitlines() if line.startswith("| xz -9"))
     n_people = len(encyclopedia())
     rows = []
-    groups = [g for g in EVAL_GROUPS if g in results["assistant"]]
+    groups = [g for g in tasks.GROUPS if g in results["assistant"]]
     for task in groups:
         b, a = results["base"].get(task, {"accuracy": 0.0}), results["assistant"][task]
         rows.append(f"| {task} | {a['n']} | {b['accuracy']:.0%} | {a['accuracy']:.0%} |")

@@ -17,6 +17,9 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from llmos.chat_format import CHAT_TEMPLATE
+from llmos.common import LlmosError, atomic_write_text
+
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [
     BOS,  # starts every document and every conversation
@@ -86,7 +89,7 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, show_progress: bool = True) -> Tokenizer:
         if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-            raise ValueError(f"vocab size {vocab_size} is below 256 bytes + special tokens")
+            raise LlmosError(f"vocab size {vocab_size} is below 256 bytes + special tokens")
         tk = HFTokenizer(models.BPE())
         # Digits one by one (as Llama does) so arithmetic sees place value consistently.
         tk.pre_tokenizer = pre_tokenizers.Sequence(
@@ -113,14 +116,17 @@ class Tokenizer:
     def load(cls, model_dir: str | Path) -> Tokenizer:
         d = Path(model_dir)
         path = d / "tokenizer.json"
+        if not path.is_file():
+            raise LlmosError(f"{path}: missing (a model dir needs tokenizer.json)")
         try:
             tk = HFTokenizer.from_file(str(path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: missing (a model dir needs tokenizer.json)") from None
         except Exception as e:
-            raise ValueError(f"{path}: not a Hugging Face tokenizer file ({e})") from None
+            raise LlmosError(f"{path}: not a Hugging Face tokenizer file ({e})") from None
         cfg_path = d / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        try:
+            cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        except json.JSONDecodeError as e:
+            raise LlmosError(f"{cfg_path}: not valid JSON ({e})") from None
 
         def name(key: str, default: str | None) -> str | None:
             v = cfg.get(key, default)
@@ -135,8 +141,6 @@ class Tokenizer:
         )
 
     def save(self, model_dir: str | Path, model_max_length: int = 2048) -> None:
-        from llmos.checkpoint import atomic_write_text
-
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(d / "tokenizer.json", self.tk.to_str(pretty=False))
@@ -203,139 +207,3 @@ class Tokenizer:
         n_bytes = sum(len(t.encode()) for t in texts)
         n_tokens = sum(len(ids) for ids in self.encode_batch(texts))
         return n_bytes / max(n_tokens, 1)
-
-
-# -- conversations --------------------------------------------------------------------------
-#
-# <|bos|><|system|>...<|end|><|user|>...<|end|><|assistant|>text<|tool_call|>{"name": ...,
-# "arguments": {...}}<|/tool_call|><|end|><|tool|>result<|end|><|assistant|>...<|end|>
-#
-# The model is trained on what follows <|assistant|>: its text, its tool calls and the <|end|>
-# that closes its turn (so it learns to stop); never on system, user or tool text.
-
-ROLES = ("system", "user", "assistant", "tool")
-
-
-class ConversationError(ValueError):
-    pass
-
-
-def tool_call_json(call: dict) -> str:
-    """One OpenAI-style tool call as the JSON the model writes; `arguments` kept verbatim when
-    it is already a JSON string (as OpenAI sends it), so the Jinja template can match."""
-    fn = call.get("function", call)
-    args = fn.get("arguments", {})
-    args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-    return '{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ' + args + "}"
-
-
-def check_conversation(messages, where: str = "conversation") -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ConversationError(f"{where}: 'messages' must be a non-empty list")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ConversationError(f"{where}: message {i} needs a role in {ROLES}")
-        content = m.get("content")
-        if content is not None and not isinstance(content, str):
-            raise ConversationError(f"{where}: message {i} 'content' must be a string")
-        if m.get("tool_calls") and m["role"] != "assistant":
-            raise ConversationError(f"{where}: message {i}: only assistants make tool calls")
-        for call in m.get("tool_calls") or []:
-            fn = call.get("function", call) if isinstance(call, dict) else None
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise ConversationError(f"{where}: message {i}: a tool call needs a function name")
-
-
-def render(
-    tok: Tokenizer,
-    messages: list[dict],
-    add_generation_prompt: bool = False,
-    tools: list[dict] | None = None,
-) -> tuple[list[int], list[int]]:
-    """Token ids of a conversation and its loss mask (1 = an assistant token to learn).
-    `tools` (OpenAI function specs) reach models with their own template, which list them in
-    the prompt; llmos models learn their tools in fine-tuning."""
-    check_conversation(messages)
-    if not tok.llmos_format:
-        return _render_with_template(tok, messages, add_generation_prompt, tools)
-    sp = tok.special_ids
-    ids, mask = [tok.bos_id], [0]
-
-    def add(new: list[int], learn: int) -> None:
-        ids.extend(new)
-        mask.extend([learn] * len(new))
-
-    for m in messages:
-        add([sp[f"<|{m['role']}|>"]], 0)
-        learn = int(m["role"] == "assistant")
-        add(tok.encode(m.get("content") or ""), learn)
-        for call in m.get("tool_calls") or []:
-            add(
-                [sp["<|tool_call|>"], *tok.encode(tool_call_json(call)), sp["<|/tool_call|>"]],
-                learn,
-            )
-        add([sp["<|end|>"]], learn)
-    if add_generation_prompt:
-        add([sp["<|assistant|>"]], 0)
-    return ids, mask
-
-
-# The same format for transformers' apply_chat_template (a test holds the two to the same ids).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for m in messages %}"
-    "{{ '<|' + m['role'] + '|>' }}"
-    "{% if m['content'] %}{{ m['content'] }}{% endif %}"
-    "{% for call in m.get('tool_calls') or [] %}"
-    "{% set fn = call['function'] if call['function'] is defined else call %}"
-    "{{ '<|tool_call|>{\"name\": ' + (fn['name'] | tojson) + ', \"arguments\": ' }}"
-    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}"
-    "{% else %}{{ (fn['arguments'] if fn['arguments'] is defined else {}) | tojson }}{% endif %}"
-    "{{ '}<|/tool_call|>' }}"
-    "{% endfor %}"
-    "{{ '<|end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
-
-def template_text(
-    tok: Tokenizer, messages: list[dict], add_generation_prompt: bool, tools=None
-) -> str:
-    """A conversation through the model's own Jinja chat template (as transformers does)."""
-    import jinja2
-
-    if not tok.chat_template:
-        raise ConversationError("this tokenizer has no chat template (a base model?)")
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
-    return env.from_string(tok.chat_template).render(
-        messages=messages,
-        add_generation_prompt=add_generation_prompt,
-        tools=tools,
-        bos_token=tok.bos_token or "",
-        eos_token=tok.eos_token or "",
-    )
-
-
-def _render_with_template(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool, tools):
-    """Ids and loss mask for a model's own template: render growing prefixes of the
-    conversation, and learn exactly the text each assistant message adds after its prompt."""
-    ids: list[int] = []
-    mask: list[int] = []
-    done = ""
-    for i, m in enumerate(messages):
-        if m["role"] == "assistant":
-            prompt = template_text(tok, messages[:i], True, tools)
-            ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
-            mask += [0] * len(new)
-            done = prompt
-        text = template_text(tok, messages[: i + 1], False, tools)
-        ids += (new := tok.encode_with_special_tokens(text[len(done) :]))
-        mask += [int(m["role"] == "assistant")] * len(new)
-        done = text
-    if add_generation_prompt:
-        prompt = template_text(tok, messages, True, tools)
-        ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
-        mask += [0] * len(new)
-    return ids, mask

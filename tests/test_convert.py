@@ -143,7 +143,7 @@ def test_import_hf_directory(tmp_path, tok):
 def test_smollm2_keeps_its_template_and_fine_tunes_with_lora(smollm2, tmp_path):
     from transformers import AutoTokenizer
 
-    from llmos.tokenizer import render
+    from llmos.chat_format import render
     from llmos.train.sft import SFTConfig, sft
 
     tok = Tokenizer.load(smollm2)

@@ -4,7 +4,7 @@ import logging
 import pytest
 
 from llmos.data import corpora
-from llmos.data.corpora import CorpusError, Source, load_corpus, split
+from llmos.data.corpora import CorpusError, Source, load_corpus, read_conversations, split
 
 
 def test_local_files_skip_empty_and_binary_with_warning(tmp_path, caplog):
@@ -70,3 +70,19 @@ def test_bible_chapters():
     data = "\n".join(json.dumps(v) for v in verses).encode()
     docs = corpora._bible({"bible/data/kjv.jsonl": data})
     assert [d.text for d in docs] == ["Genesis 1\n\n1 Verse 1.\n2 Verse 2.", "Genesis 2\n\n1 Next."]
+
+
+def test_bad_conversation_lines_are_named(tmp_path):
+    p = tmp_path / "conv.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "Hello there"}]})
+    p.write_text(good + "\n" + json.dumps({"text": "not a conversation"}) + "\n")
+    with pytest.raises(CorpusError, match=f"{p}:2"):
+        read_conversations(p)
+    p.write_text(good + "\n\n" + json.dumps({"messages": [{"role": "wizard", "content": "x"}]}))
+    with pytest.raises(CorpusError, match=f"{p}:3: message 0 needs a role"):
+        read_conversations(p)
+    p.write_bytes(good.encode() + b"\n\xff\xfe\n")
+    with pytest.raises(CorpusError, match=f"{p}:2: not valid JSON"):
+        read_conversations(p)
+    with pytest.raises(CorpusError, match="missing.jsonl: cannot be read"):
+        read_conversations(tmp_path / "missing.jsonl")

@@ -1,5 +1,7 @@
 """The engine against transformers, against itself one-by-one, and its sampling rules."""
 
+import threading
+
 import pytest
 import torch
 
@@ -48,8 +50,7 @@ def test_per_sequence_stop_tokens(model, tok):
     engine = Engine(model, tok)
     prompts = [[0, 5, 9], [0, 200, 201]]
     free = engine.generate(prompts, GREEDY)
-    engine.stop_ids = {free[0].ids[5]}  # a token the first row emits early
-    stopped = engine.generate(prompts, GREEDY)
+    stopped = engine.generate(prompts, GREEDY, stop_ids={free[0].ids[5]})  # emitted early
     k = free[0].ids.index(free[0].ids[5])
     assert stopped[0].ids == free[0].ids[: k + 1] and stopped[0].finish_reason == "stop"
     second = free[1].ids
@@ -98,3 +99,52 @@ def test_sampling_rules():
         for _ in range(5)
     ]
     assert a == b
+
+
+def test_fork_prefills_once_and_matches_separate_prefills(model, tok):
+    engine = Engine(model, tok)
+    prompts = [[0, 5, 9, 11], [0, *range(30, 40)]]
+    alone = [engine.generate([p], GREEDY)[0].ids for p in prompts]
+    before = engine.prefilled
+    forked = engine.generate(prompts, GREEDY, n=3)
+    assert engine.prefilled - before == sum(len(p) for p in prompts)  # not 3x
+    assert [c.ids for c in forked] == [alone[0]] * 3 + [alone[1]] * 3
+    # sampled rows of one fork differ from each other, and repeat with the same seed
+    s = SamplingConfig(temperature=50.0, seed=7, max_new_tokens=12)  # the head is sharp
+    a = [c.ids for c in engine.generate([prompts[0]], s, n=4)]
+    assert len({tuple(x) for x in a}) > 1
+    assert a == [c.ids for c in engine.generate([prompts[0]], s, n=4)]
+
+
+def test_two_threads_get_what_each_gets_alone(model, tok):
+    engine = Engine(model, tok)
+    jobs = [
+        ([[0, 5, 9], [0, 200, 201, 202]], SamplingConfig(temperature=0, max_new_tokens=40)),
+        ([[0, *range(60, 90)]], SamplingConfig(temperature=1.0, seed=3, max_new_tokens=60)),
+    ]
+    in_turn = [[c.ids for c in engine.generate(p, s)] for p, s in jobs]
+    for _ in range(3):
+        got = [None, None]
+
+        def run(k, got=got):
+            got[k] = [c.ids for c in engine.generate(*jobs[k])]
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == in_turn
+
+
+def test_a_session_grows_like_one_long_prompt(model, tok):
+    """Generate, append tokens, generate again: the same tokens as prefilling it all at once."""
+    engine = Engine(model, tok)
+    s = SamplingConfig(temperature=0, max_new_tokens=10)
+    session = engine.session([0, 5, 9])
+    first = [t for t, _, _ in session.stream(s)]
+    session.append([17, 18, 19])
+    second = [t for t, _, _ in session.stream(s)]
+    whole = engine.generate([[0, 5, 9, *first, 17, 18, 19]], s)[0].ids
+    assert first == engine.generate([[0, 5, 9]], s)[0].ids and second == whole
+    assert session.ids == [0, 5, 9, *first, 17, 18, 19, *second[:-1]]

@@ -13,8 +13,12 @@ import openai
 import pytest
 import uvicorn
 
+from llmos.agent.loop import assistant_turn
+from llmos.chat_format import render
+from llmos.checkpoint import load_model
+from llmos.infer.engine import Engine, SamplingConfig
 from llmos.serve.api import ServeConfig, create_app
-from llmos.tokenizer import Tokenizer, render
+from llmos.tokenizer import Tokenizer
 
 from .conftest import CONVERSATION
 
@@ -252,6 +256,42 @@ def test_conversation_store(server):
     assert httpx.delete(api + "/abc123", headers=auth).status_code == 200
     error_of(httpx.get(api + "/abc123", headers=auth), 404)
     error_of(httpx.get(api), 401)
+
+
+def chat_turn(url: str, messages: list[dict], **settings) -> list[dict]:
+    """The events of one web-chat turn (/api/chat, tools run on the server)."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"messages": messages, "temperature": 0, "max_tokens": 120, **settings}
+    events = []
+    with httpx.stream("POST", url + "/api/chat", json=body, headers=auth, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def test_web_chat_turn_runs_the_tool_loop_on_the_server(server):
+    url, _, model_dir = server
+    events = chat_turn(url, ask(CONVERSATION[0]["content"]))
+    messages = [e["message"] for e in events if e["type"] == "message"]
+    assert [m["role"] for m in messages] == ["assistant", "tool", "assistant"], events
+    call = json.loads(messages[0]["tool_calls"][0]["function"]["arguments"])
+    assert call == {"expression": "1234 * 5678"}
+    assert messages[1]["content"] == "7006652"  # the server's calculator, not the model
+    streamed = "".join(e["text"] for e in events if e["type"] == "text")
+    assert "7006652" in messages[2]["content"] and messages[2]["content"] in streamed
+    # the same turn through the engine alone (llmos chat's path) gives the same messages
+    engine = Engine(load_model(model_dir), Tokenizer.load(model_dir))
+    greedy = SamplingConfig(temperature=0, max_new_tokens=120)
+    alone = assistant_turn(engine, ask(CONVERSATION[0]["content"]), greedy)
+    assert [m["content"] for m in alone] == [m["content"] for m in messages]
+    bad = httpx.post(
+        url + "/api/chat",
+        json={"messages": [{"role": "wizard"}]},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    assert error_of(bad, 400)["param"] == "messages"
 
 
 def test_busy_server_answers_429(assistant, tmp_path):

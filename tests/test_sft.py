@@ -1,88 +1,48 @@
-"""Fine-tuning end to end (fixtures `base` and `assistant` in conftest.py): a tiny model learns a
-tool-call conversation, then the engine runs the call through the real calculator and the
-model answers with its result."""
+"""Fine-tuning: packing without cross-talk, a run that refuses to overwrite itself, LoRA's
+low-rank updates with an exact resume and a merge that changes nothing."""
 
 import json
 
 import pytest
+import torch
 
+from llmos.chat_format import render
 from llmos.checkpoint import load_model
-from llmos.infer.engine import Engine, SamplingConfig, assistant_turn
-from llmos.tokenizer import Tokenizer
+from llmos.model import Transformer
 from llmos.train.loop import ResumeError
-from llmos.train.sft import SFTConfig, sft
+from llmos.train.lora import add_lora, merged
+from llmos.train.sft import PackedLoader, SFTConfig, sft
 
 from .conftest import CONVERSATION
+from .test_chat_format import CONVERSATIONS
+from .test_model import tiny_config
 
 
-def test_tool_call_runs_through_the_engine(assistant):
+def test_a_finished_run_is_not_overwritten(assistant):
     c, out = assistant
     for f in ("report.md", "loss.png", "metrics.jsonl", "model.safetensors", "train_state.pt"):
         assert (out / f).exists()
-    tok = Tokenizer.load(out)
-    seen = []
-    engine = Engine(load_model(out), tok)
-    new = assistant_turn(
-        engine,
-        CONVERSATION[:1],
-        SamplingConfig(temperature=0, max_new_tokens=120),
-        on_message=seen.append,
-    )
-    assert [m["role"] for m in new] == ["assistant", "tool", "assistant"], new
-    call = new[0]["tool_calls"][0]["function"]
-    assert call["name"] == "calculator"
-    assert json.loads(call["arguments"]) == {"expression": "1234 * 5678"}
-    assert new[1]["content"] == "7006652"  # computed by the calculator, not the model
-    assert "7006652" in new[2]["content"]
-    assert seen == new
     with pytest.raises(ResumeError, match="already holds a run"):
         sft(c, out)
 
 
-def _chat(model_dir, script: str, *flags: str):
-    """`llmos chat` in a subprocess, typed into through stdin."""
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "llmos.cli", "chat", str(model_dir), "--temperature", "0"]
-    return subprocess.run([*cmd, *flags], input=script, capture_output=True, text=True, timeout=120)
-
-
-def test_terminal_chat_shows_tool_calls(assistant, tmp_path):
-    _, out = assistant
-    script = "/help\nWhat is 1234 * 5678?\n/save {}\n/quit\n".format(tmp_path / "c.json")
-    r = _chat(out, script, "--max-new-tokens", "120")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "/reset" in r.stdout  # the help text
-    assert '[tool call] calculator({"expression": "1234 * 5678"})' in r.stdout
-    assert "[tool result] 7006652" in r.stdout
-    saved = json.loads((tmp_path / "c.json").read_text())["messages"]
-    assert [m["role"] for m in saved] == ["user", "assistant", "tool", "assistant"]
-
-
-def test_terminal_chat_with_smollm2_uses_its_template(smollm2):
-    r = _chat(smollm2, "What is the capital of France?\n/quit\n", "--max-new-tokens", "40")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "Paris" in r.stdout
-
-
-def test_malformed_tool_call_becomes_an_error_message(base):
-    """An untrained model emits garbage; force a call token to see the engine survive it."""
-    tok = Tokenizer.load(base)
-    engine = Engine(load_model(base), tok)
-    engine.stop_ids = set()
-    msgs = [{"role": "user", "content": "hi"}]
-    new = assistant_turn(
-        engine, msgs, SamplingConfig(temperature=1.0, seed=0, max_new_tokens=8), max_calls=2
-    )
-    assert new[-1]["role"] == "assistant"  # whatever it wrote, the turn ended without a crash
+def test_packed_rows_do_not_attend_across_conversations(tok):
+    model = Transformer(tiny_config(vocab_size=tok.vocab_size, max_position_embeddings=512))
+    model.init_weights(seed=3)
+    model.eval()
+    convs = [render(tok, c) for c in CONVERSATIONS]
+    loader = PackedLoader(convs, batch_size=1, seq_len=511, pad_id=2, seed=0)
+    x, y, seg = loader.next()
+    assert seg.max() >= 3  # three conversations and the padding in one row
+    with torch.no_grad():
+        packed = model(x, segments=seg)[0]
+        for k in range(int(seg.max())):
+            where = (seg[0] == k).nonzero().flatten()
+            alone = model(x[:, where])[0]
+            assert (packed[where] - alone).abs().max() < 1e-4
 
 
 def test_lora_trains_low_rank_updates_and_merges(base, tmp_path):
-    import torch
-
-    from llmos.train.lora import add_lora, merged
-
     data = tmp_path / "conv.jsonl"
     data.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
     c = SFTConfig(

@@ -38,3 +38,15 @@ def test_loader_targets_are_inputs_shifted_and_state_resumes(corpus_dir, tok, tm
         got.append((*x[0].tolist(), y[0, -1].item()))
     assert sorted(got) == sorted(tuple(c._window(w).tolist()) for w in range(c.n_windows))
     assert c.state() == {"epoch": 1, "index": 0}
+
+
+def test_ranks_split_an_epoch_into_disjoint_parts(corpus_dir, tok, tmp_path):
+    d = build_shards(load_corpus(str(corpus_dir / "*.txt")), tok, tmp_path / "s", 3000)
+    n = TokenLoader(d, batch_size=1, seq_len=32).n_windows
+    parts = []
+    for rank in range(2):
+        loader = TokenLoader(d, batch_size=1, seq_len=32, seed=5, rank=rank, world=2)
+        parts.append({tuple(loader.next()[0][0].tolist()) for _ in range(n // 2)})
+    assert not parts[0] & parts[1]
+    whole = TokenLoader(d, batch_size=1, seq_len=32, seed=5)
+    assert parts[0] | parts[1] <= {tuple(whole.next()[0][0].tolist()) for _ in range(n)}

@@ -7,14 +7,16 @@ come back as text the model sees ("error: ..."), never as an exception out of th
 from __future__ import annotations
 
 import ast
-import json
 import math
 import operator
 import time
 
+from llmos.chat_format import ToolCallError, parse_tool_call
+from llmos.common import LlmosError
 
-class ToolError(ValueError):
-    pass
+
+class ToolError(LlmosError):
+    """A tool that cannot do what was asked; its message goes back to the model."""
 
 
 MAX_DIGITS = 100  # results beyond 10**100 are refused: the model never needs them
@@ -118,17 +120,13 @@ def run_tool_call(text: str, tools: dict = TOOLS) -> tuple[dict | None, str]:
 
     Anything that goes wrong becomes the result text, so the model can see it and recover."""
     try:
-        call = json.loads(text)
-        name, args = call["name"], call.get("arguments", {})
-        if isinstance(args, str):
-            args = json.loads(args)
-        if not isinstance(args, dict):
-            raise TypeError("arguments must be an object")
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        return None, f"error: malformed tool call ({e})"
+        call = parse_tool_call(text)
+    except ToolCallError as e:
+        return None, f"error: {e}"
+    name = call["name"]
     if name not in tools:
         return call, f"error: no tool named {name!r}; tools: {', '.join(tools)}"
     try:
-        return call, tools[name]["fn"](args)
+        return call, tools[name]["fn"](call["arguments"])
     except ToolError as e:
         return call, f"error: {e}"

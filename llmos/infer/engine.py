@@ -9,26 +9,36 @@ gpt-fast; activations stay bf16).
 
 from __future__ import annotations
 
-import json
+import sys
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from llmos.checkpoint import load_model
+from llmos.common import arg
 from llmos.model import KVCache, Transformer, apply_rope, rope_and_mask, rope_tables
+from llmos.tokenizer import Tokenizer
 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 0.8  # 0 is greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # nucleus sampling (Holtzman et al. 2019); 1: off
-    min_p: float = 0.0  # drop tokens below min_p × the top probability; 0: off
-    repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019); 1: off
-    seed: int | None = None
-    max_new_tokens: int = 256
-    stop: list[str] = field(default_factory=list)  # stop strings, not included in the text
+    temperature: float = arg(0.8, "divide the logits by this; 0 is greedy")
+    top_k: int = arg(0, "sample from the k most likely tokens only; 0: off")
+    top_p: float = arg(
+        1.0,
+        "nucleus sampling (Holtzman et al. 2019): the smallest set of "
+        "tokens whose probability reaches top_p; 1: off",
+    )
+    min_p: float = arg(0.0, "drop tokens below min_p times the top probability; 0: off")
+    repetition_penalty: float = arg(
+        1.0, "CTRL's penalty (Keskar et al. 2019) on tokens already seen; 1: off"
+    )
+    seed: int | None = arg(None, "seed of the sampler; none: a different draw every time")
+    max_new_tokens: int = arg(256, "tokens to generate at most")
+    stop: list[str] = arg([], "a stop string, not included in the text (repeatable)")
 
 
 def sample_next(
@@ -111,15 +121,14 @@ class Decoder:
         self.embed = model.model.embed_tokens.weight.detach().to(dt)
         self.norm = vec(model.model.norm)
         self.head = fused(model.lm_head)
-        self.cos, self.sin = rope_tables(self.cfg, self.cfg.max_position_embeddings)
+        self.rope = rope_tables(self.cfg, self.cfg.max_position_embeddings)
 
     @torch.inference_mode()
     def __call__(self, idx, cache: KVCache | None = None, pad=None, last_only: bool = False):
         """Logits (B, T, V) for `idx` (B, T), or (B, 1, V) with last_only; see model.forward."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        self._grow_rope(start + T)
-        cos, sin, mask = rope_and_mask(self.cos, self.sin, start, T, pad, idx.device)
+        cos, sin, mask = rope_and_mask(*self._rope(start + T), start, T, pad, idx.device)
         causal = mask is None and T > 1 and start == 0
 
         def kv(i, k, v):
@@ -138,8 +147,7 @@ class Decoder:
         Returns logits (B, V)."""
         B = tokens.shape[0]
         L = int(pos.max()) + 1
-        self._grow_rope(L)
-        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]
+        cos, sin = (t[pos][:, None, None] for t in self._rope(L))
         mask = (torch.arange(L)[None, :] <= pos[:, None])[:, None, None]  # (B, 1, 1, L)
         rows = torch.arange(B)
 
@@ -150,9 +158,12 @@ class Decoder:
 
         return self._head(self._layers(tokens.view(B, 1), cos, sin, mask, False, kv))[:, -1]
 
-    def _grow_rope(self, n: int) -> None:
-        if n > self.cos.shape[0]:
-            self.cos, self.sin = rope_tables(self.cfg, n)
+    def _rope(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary tables for at least n positions. Replaced as one tuple, never mutated, so two
+        threads decoding at once always see a matching cos and sin."""
+        if n > self.rope[0].shape[0]:
+            self.rope = rope_tables(self.cfg, max(n, 2 * self.rope[0].shape[0]))
+        return self.rope
 
     def _layers(self, idx, cos, sin, mask, causal: bool, kv):
         c, dt = self.cfg, self.dtype
@@ -189,57 +200,101 @@ class Completion:
 
 
 class Engine:
-    """Generates from a model directory's model and tokenizer, one prompt or a batch."""
+    """Generates from a model and its tokenizer: token ids in, token ids (and their text) out.
+
+    Stateless between calls (each call owns its KV cache), so two threads may call it at once.
+    Stop tokens are per call: `stop_ids=None` means the tokenizer's EOS (`self.stop_ids`); a
+    chat passes <|end|> and <|/tool_call|> too."""
 
     def __init__(self, model: Transformer, tok, dtype: str = "fp32"):
         self.model, self.tok, self.dtype = Decoder(model, dtype), tok, dtype
-        self.stop_ids = {tok.eos_id} - {None}  # more (e.g. <|end|>) per call site
+        self.stop_ids = frozenset({tok.eos_id} - {None})
+        self.prefilled = 0  # prompt tokens run through prefill, ever (tests count them)
+        self._lock = threading.Lock()
+
+    def _prefill(self, x: torch.Tensor, cache: KVCache, pad=None) -> torch.Tensor:
+        """Run tokens x (B, T) after what `cache` holds; the next-token logits (B, V)."""
+        with self._lock:
+            self.prefilled += x.numel() - (int(pad.sum()) if pad is not None else 0)
+        return self.model(x, cache=cache, pad=pad, last_only=True)[:, -1]
 
     @torch.no_grad()
     def stream(
-        self, prompts: list[list[int]], s: SamplingConfig
+        self,
+        prompts: list[list[int]],
+        s: SamplingConfig,
+        stop_ids: frozenset[int] | set[int] | None = None,
+        n: int = 1,
     ) -> Iterator[tuple[int, int, str, bool]]:
         """Yield (row, token id, new text, row finished by a stop) as rows produce tokens.
 
-        Prompts of different lengths are left-padded; padding is masked out and each row's
-        positions start at its first real token, so a row's tokens do not depend on the batch."""
-        B, m = len(prompts), self.model
+        Each prompt is prefilled once and its KV cache forked into `n` rows (row i samples
+        for prompt i // n): best-of-N and RL sample groups share one prefill. Prompts of
+        different lengths are left-padded; padding is masked out and each row's positions
+        start at its first real token, so a row's tokens do not depend on the batch."""
+        m = self.model
         lens = [len(p) for p in prompts]
-        if min(lens) == 0:
+        if not prompts or min(lens) == 0:
             raise ValueError("every prompt needs at least one token (e.g. BOS)")
         T = max(lens)
-        pad = torch.tensor([T - n for n in lens])
+        pad = torch.tensor([T - k for k in lens])
         x = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
-        cache = KVCache(m.cfg, B, T + s.max_new_tokens, m.dtype)
+        cache = KVCache(m.cfg, len(prompts), T + s.max_new_tokens, m.dtype)
+        use_pad = pad if bool(pad.any()) else None
+        logits = self._prefill(x, cache, use_pad)
+        if n > 1:  # fork: every row's cache, padding and logits repeated n times
+            cache.fork(n)
+            logits = logits.repeat_interleave(n, 0)
+            use_pad = use_pad.repeat_interleave(n, 0) if use_pad is not None else None
+            prompts = [p for p in prompts for _ in range(n)]
+        yield from self._decode(prompts, logits, cache, use_pad, s, stop_ids)
+
+    def _decode(self, prompts, logits, cache, pad, s: SamplingConfig, stop_ids):
+        """The sampling loop shared by `stream` and `Session`: sample a token for every row,
+        hand it out, feed it back. On exit the cache holds everything but the last token
+        sampled for each row (a Session feeds that one first if the sequence goes on)."""
+        B = len(prompts)
+        stop_ids = self.stop_ids if stop_ids is None else stop_ids
         gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
         seen = None
         if s.repetition_penalty != 1.0:
-            seen = torch.zeros(B, m.cfg.vocab_size, dtype=torch.bool)
+            seen = torch.zeros(B, self.model.cfg.vocab_size, dtype=torch.bool)
             for i, p in enumerate(prompts):
                 seen[i, p] = True
         texts = [TextState(self.tok, s.stop) for _ in range(B)]
         done = [False] * B
-        use_pad = pad if bool(pad.any()) else None
-        logits = m(x, cache=cache, pad=use_pad, last_only=True)[:, -1]
-        for _ in range(s.max_new_tokens):
+        for k in range(s.max_new_tokens):
             nxt = sample_next(logits, s, gen, seen)
             for i, t in enumerate(nxt.tolist()):
                 if done[i]:
                     continue
-                piece, stopped = texts[i].push(t, t in self.stop_ids)
+                piece, stopped = texts[i].push(t, t in stop_ids)
                 yield i, t, piece, stopped
                 done[i] = stopped
-            if all(done):
+            if all(done) or k == s.max_new_tokens - 1:
                 return
             if seen is not None:
                 seen[torch.arange(B), nxt] = True
-            logits = m(nxt.view(B, 1), cache=cache, pad=use_pad, last_only=True)[:, -1]
+            # Finished rows are fed too (their tokens are never shown): one batched step for
+            # all rows is cheaper than compacting the batch.
+            logits = self.model(nxt.view(B, 1), cache=cache, pad=pad, last_only=True)[:, -1]
 
-    def generate(self, prompts: list[list[int]], s: SamplingConfig) -> list[Completion]:
-        ids: list[list[int]] = [[] for _ in prompts]
-        texts = [""] * len(prompts)
-        finish = ["length"] * len(prompts)
-        for i, t, piece, stopped in self.stream(prompts, s):
+    def session(self, prompt: list[int]) -> Session:
+        """A growing sequence starting with `prompt` (see Session): the agent loop's model."""
+        return Session(self, prompt)
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        s: SamplingConfig,
+        stop_ids: frozenset[int] | set[int] | None = None,
+        n: int = 1,
+    ) -> list[Completion]:
+        """Completions of every prompt (n per prompt, row i for prompt i // n)."""
+        ids: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+        texts = [""] * len(ids)
+        finish = ["length"] * len(ids)
+        for i, t, piece, stopped in self.stream(prompts, s, stop_ids, n):
             ids[i].append(t)
             texts[i] += piece
             if stopped:
@@ -247,10 +302,62 @@ class Engine:
         return [Completion(a, b, f) for a, b, f in zip(ids, texts, finish)]
 
 
-class TextState:
-    """One row's text: bytes to UTF-8 without splitting a character, and stop strings.
+class Session:
+    """One token sequence that grows: prefill a prompt, generate, append more tokens (a tool's
+    result), generate again, on one KV cache. Appending runs only the new tokens through the
+    model; re-rendering the conversation would prefill all of it again at every tool call.
 
-    Text that might be the start of a stop string is held back until it cannot be."""
+    >>> # s = Session(engine, prompt); for t, piece, stop in s.stream(cfg, stops): ...
+    >>> # s.append(tool_result_ids); for t, piece, stop in s.stream(cfg, stops): ...
+    """
+
+    def __init__(self, engine: Engine, prompt: list[int], capacity: int = 256):
+        if not prompt:
+            raise ValueError("a session starts with at least one token (e.g. BOS)")
+        m = engine.model
+        self.engine, self.ids, self.pending = engine, [], []
+        self.cache = KVCache(m.cfg, 1, max(capacity, len(prompt) + 1), m.dtype)
+        self.logits: torch.Tensor | None = None
+        self.append(prompt)
+
+    def append(self, ids: list[int]) -> None:
+        """Feed tokens after the sequence so far (after the last generated token, which is
+        pending: sampled and handed out, but not yet run through the model)."""
+        new = self.pending + list(ids)
+        if not new:
+            return
+        self.cache.grow(len(self.ids) + len(new) + 1)
+        self.logits = self.engine._prefill(torch.tensor([new]), self.cache)
+        self.ids += new
+        self.pending = []
+
+    @torch.no_grad()
+    def stream(
+        self, s: SamplingConfig, stop_ids: frozenset[int] | set[int] | None = None
+    ) -> Iterator[tuple[int, str, bool]]:
+        """Yield (token id, new text, finished by a stop) until a stop or s.max_new_tokens."""
+        self.append([])  # a token left pending by the last stream goes in first
+        self.cache.grow(len(self.ids) + s.max_new_tokens + 1)
+        for _, t, piece, stopped in self.engine._decode(
+            [self.ids], self.logits, self.cache, None, s, stop_ids
+        ):
+            # Every token but the last has been fed back by _decode; the last one is pending.
+            if self.pending:
+                self.ids += self.pending
+            self.pending = [t]
+            yield t, piece, stopped
+
+
+class TextState:
+    """One row's text as tokens arrive: bytes to UTF-8 without splitting a character, and stop
+    strings cut out.
+
+    A token is a run of bytes, and one character may span two tokens (byte-level BPE splits
+    emoji and CJK), so undecodable bytes wait in `pending` until the character completes (or
+    can no longer complete: then they show as U+FFFD). Text that might be the start of a stop
+    string waits in `held` until it either completes the stop string (the row ends and the
+    stop string is never shown) or cannot (it is shown). So a client never sees half a
+    character or the beginning of a stop string it asked to be cut."""
 
     def __init__(self, tok, stop: list[str], hidden: frozenset[int] = frozenset()):
         self.tok, self.stop, self.hidden = tok, [x for x in stop if x], hidden
@@ -267,6 +374,7 @@ class TextState:
             self.held += self.pending.decode("utf-8")
             self.pending = b""
         except UnicodeDecodeError as e:
+            # Invalid in the middle, or 4+ bytes without completing: no character will come.
             if e.end < len(self.pending) or len(self.pending) - e.start >= 4:
                 self.held += self.pending.decode("utf-8", errors="replace")
                 self.pending = b""
@@ -275,6 +383,7 @@ class TextState:
             if k >= 0:
                 out, self.held = self.held[:k], ""
                 return out, True
+        # Hold back the longest tail that is a prefix of some stop string.
         keep = max(
             (n for st in self.stop for n in range(1, len(st)) if self.held.endswith(st[:n])),
             default=0,
@@ -288,66 +397,25 @@ class TextState:
         return out
 
 
-def assistant_turn(
-    engine: Engine,
-    messages: list[dict],
-    s: SamplingConfig,
-    tools: dict | None = None,
-    max_calls: int = 4,
-    on_message=None,
-    on_text=None,
-) -> list[dict]:
-    """The assistant's reply to a conversation, running the tool calls it makes on the way.
+# -- `llmos sample` -------------------------------------------------------------------------
 
-    Generation stops at <|end|> (the turn is over) or <|/tool_call|> (a call is complete): the
-    call is parsed and run, its result appended as a `tool` message, and generation goes on.
-    A malformed call or a failing tool becomes an error message the model sees, never a crash.
-    Returns the new messages (assistant, tool, ..., assistant); `on_message` sees each one,
-    `on_text` the assistant's text as it streams (tool-call JSON excluded)."""
-    from llmos.agent.tools import TOOLS, run_tool_call
-    from llmos.tokenizer import render
 
-    tools = TOOLS if tools is None else tools
-    tok, sp = engine.tok, engine.tok.special_ids
-    call_open, call_close = sp["<|tool_call|>"], sp["<|/tool_call|>"]
-    saved = engine.stop_ids
-    engine.stop_ids = saved | {sp["<|end|>"], call_close}
-    new: list[dict] = []
-    try:
-        for n_calls in range(max_calls + 1):
-            prompt, _ = render(tok, messages + new, add_generation_prompt=True)
-            ids: list[int] = []
-            for _, t, piece, _ in engine.stream([prompt], s):
-                ids.append(t)
-                if on_text and call_open not in ids and t not in sp.values():
-                    on_text(piece)
-            if not ids or ids[-1] != call_close or n_calls == max_calls:
-                text = tok.decode(i for i in ids if i not in sp.values())
-                new.append({"role": "assistant", "content": text})
-                break
-            k = ids.index(call_open) if call_open in ids else len(ids) - 1
-            raw = tok.decode(ids[k + 1 : -1])
-            call, result = run_tool_call(raw, tools)
-            if call is None:
-                name, args = "invalid", json.dumps(raw)
-            else:
-                name, args = str(call.get("name")), json.dumps(call.get("arguments", {}))
-            content = tok.decode(i for i in ids[:k] if i not in sp.values())
-            fn = {"name": name, "arguments": args}
-            call_id = f"call_{len(new)}"
-            new.append(
-                {
-                    "role": "assistant",
-                    "content": content,
-                    "tool_calls": [{"id": call_id, "type": "function", "function": fn}],
-                }
-            )
-            new.append({"role": "tool", "tool_call_id": call_id, "content": result})
-            if on_message:
-                on_message(new[-2])
-                on_message(new[-1])
-    finally:
-        engine.stop_ids = saved
-    if on_message:
-        on_message(new[-1])
-    return new
+@dataclass
+class SampleConfig(SamplingConfig):
+    model_dir: str = arg("", "the model directory to sample from", positional=True)
+    prompt: str = arg("", "the text to continue (after BOS)")
+    dtype: str = arg(
+        "fp32", "weights in the engine: fp32, bf16, or int8 (weight-only)", choices=list(DTYPES)
+    )
+    max_new_tokens: int = 200
+
+
+def sample(c: SampleConfig) -> None:
+    """Stream a continuation of c.prompt to stdout."""
+    tok = Tokenizer.load(c.model_dir)
+    engine = Engine(load_model(c.model_dir), tok, c.dtype)
+    sys.stdout.write(c.prompt)
+    for _, _, piece, _ in engine.stream([tok.encode_prompt(c.prompt)], c):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")

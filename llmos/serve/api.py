@@ -13,7 +13,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import threading
 import time
 import uuid
@@ -26,31 +25,39 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos.chat_format import (
+    ConversationError,
+    ToolCallError,
+    hermes_tool_calls,
+    parse_tool_call,
+    render,
+)
 from llmos.checkpoint import load_model
-from llmos.infer.engine import Engine, SamplingConfig
+from llmos.common import arg, cache_dir
+from llmos.infer.engine import DTYPES, Engine, SamplingConfig
 from llmos.serve.batcher import Batcher, Busy
 from llmos.serve.batcher import Request as Generation
 from llmos.serve.errors import APIError, BearerAuth, add_error_handlers, read_body
 from llmos.serve.store import ChatStore
 from llmos.serve.web import add_web_chat
-from llmos.tokenizer import ConversationError, Tokenizer, render
+from llmos.tokenizer import Tokenizer
 
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str = ""  # when set (or LLMOS_API_KEY), /v1 and /api need "Bearer <key>"
-    dtype: str = "fp32"
-    max_batch: int = 16  # requests decoded together
-    context: int = 2048  # tokens per request, prompt included (0: the model's context);
-    # the KV cache holds max_batch of them
-    max_queue: int = 64  # requests waiting beyond those; more get 429
-    max_tokens: int = 2048  # the largest max_tokens a request may ask for
-    default_max_tokens: int = 512
-    max_n: int = 8
-    max_prompt_tokens: int = 0  # 0: the model's context length minus one
-    db: str = ""  # the web chat's SQLite file; empty: the llmos cache's chats.sqlite
+    model_dir: str = arg("", "the model directory to serve", positional=True)
+    host: str = arg("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = arg(8000, "port to listen on")
+    api_key: str = arg("", 'when set (or LLMOS_API_KEY), /v1 and /api need "Bearer KEY"')
+    dtype: str = arg("fp32", "weights in the engine", choices=list(DTYPES))
+    max_batch: int = arg(16, "requests decoded together (KV-cache rows)")
+    context: int = arg(2048, "tokens per request, prompt included (0: the model's context)")
+    max_queue: int = arg(64, "requests waiting beyond max-batch; more get 429")
+    max_tokens: int = arg(2048, "the largest max_tokens a request may ask for")
+    default_max_tokens: int = arg(512, "max_tokens when a request gives none")
+    max_n: int = arg(8, "the largest n (choices per request)")
+    max_prompt_tokens: int = arg(0, "the longest prompt; 0: the context minus one")
+    db: str = arg("", "the web chat's SQLite file; empty: chats.sqlite in the llmos cache")
 
 
 # -- request bodies --------------------------------------------------------------------------
@@ -171,9 +178,10 @@ class Served:
         for k, v in (body.logit_bias or {}).items():
             if not k.isdigit() or int(k) >= self.tok.vocab_size or not -100 <= v <= 100:
                 raise APIError(
-                    400, f"logit_bias: {k!r}: {v} is not a token id with a bias in [-100, 100]",
+                    400,
+                    f"logit_bias: {k!r}: {v} is not a token id with a bias in [-100, 100]",
                     param="logit_bias",
-                )  # fmt: skip
+                )
             out[int(k)] = float(v)
         return out
 
@@ -253,26 +261,14 @@ def chat_prompt(served: Served, body: ChatBody) -> tuple[list[int], str, list[in
     return ids, forced, []
 
 
-HERMES_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
-
-
-def parse_call(text: str, index: int) -> dict | None:
-    """An OpenAI tool call from the JSON a model wrote ({"name", "arguments"}), or None."""
-    try:
-        call = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        return None
-    args = call.get("arguments", {})
+def openai_call(call: dict, index: int) -> dict:
+    """A parsed call ({"name", "arguments"}) in OpenAI's shape: arguments as a JSON string."""
+    fn = {"name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}
     return {
         "index": index,
         "id": f"call_{uuid.uuid4().hex[:24]}",
         "type": "function",
-        "function": {
-            "name": call["name"],
-            "arguments": args if isinstance(args, str) else json.dumps(args),
-        },
+        "function": fn,
     }
 
 
@@ -299,11 +295,12 @@ class ChoiceState:
 
     def tool_calls(self) -> list[dict]:
         if self.in_call:
-            call = parse_call(self.call_text, 0)
-            return [call] if call else []
+            try:
+                return [openai_call(parse_tool_call(self.call_text), 0)]
+            except ToolCallError:
+                return []
         if self.served.call_open is None:  # a model with its own template: Hermes-style tags
-            calls = [parse_call(m, k) for k, m in enumerate(HERMES_CALL.findall(self.content))]
-            return [c for c in calls if c]
+            return [openai_call(c, k) for k, c in enumerate(hermes_tool_calls(self.content)[0])]
         return []
 
     def finish_reason(self, reason: str) -> str:
@@ -313,7 +310,7 @@ class ChoiceState:
         calls = self.tool_calls()
         content = self.content
         if calls and self.served.call_open is None:
-            content = HERMES_CALL.sub("", content).strip()
+            content = hermes_tool_calls(content)[1]
         msg: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
         if calls:
             msg["tool_calls"] = calls
@@ -360,8 +357,6 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
     served = Served(model_dir, c)
     api_key = c.api_key or os.environ.get("LLMOS_API_KEY", "")
     if not c.db:
-        from llmos.data.corpora import cache_dir
-
         c.db = str(cache_dir() / "chats.sqlite")
     store = ChatStore(c.db)
 
@@ -504,7 +499,7 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    add_web_chat(app, store)
+    add_web_chat(app, store, served.batcher)
     return app
 
 
@@ -518,10 +513,10 @@ def _model_card(served: Served) -> dict:
     }
 
 
-def serve(model_dir: str | Path, c: ServeConfig) -> None:
+def serve(c: ServeConfig) -> None:
     import uvicorn
 
-    app = create_app(model_dir, c)
+    app = create_app(c.model_dir, c)
     served = app.state.served
     kv = sum(t.numel() * t.element_size() for t in served.batcher.cache.k + served.batcher.cache.v)
     print(

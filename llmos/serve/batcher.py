@@ -75,6 +75,15 @@ class Batcher:
         self.thread.start()
 
     @property
+    def tok(self):
+        return self.engine.tok
+
+    def session(self, prompt: list[int]) -> BatchedSession:
+        """A growing sequence generated through the batcher: the agent loop's model on the
+        server (the web chat's tool calls run there, sharing decode steps with the API)."""
+        return BatchedSession(self, prompt)
+
+    @property
     def running(self) -> int:
         return sum(r is not None for r in self.rows)
 
@@ -99,6 +108,9 @@ class Batcher:
 
     @torch.inference_mode()
     def _run(self) -> None:
+        # The whole life of the server's model: admit, step, repeat. Only this thread touches
+        # the model and the cache, so neither needs a lock; other threads talk to it through
+        # the `waiting` queue (in) and each request's `emit` (out).
         while not self.closed:
             try:
                 self._admit()
@@ -122,16 +134,25 @@ class Batcher:
             if req.cancelled:
                 self._done()
                 continue
+            # Prefill between decode steps: the running rows wait for this one prompt (a long
+            # prompt delays their next token by its prefill time), but the new request starts
+            # without waiting for any of them to finish, which is what keeps time to first
+            # token low under load (Orca's iteration-level scheduling).
             b = self.rows.index(None)
             s = req.sampling
             text = TextState(self.engine.tok, s.stop, req.hidden_ids)
             row = _Row(req, pos=len(req.prompt), text=text)
+            # Per-row state that must not leak between requests: a seeded request gets its own
+            # generator, and the repetition penalty its own record of the tokens seen.
             if s.seed is not None:
                 row.gen = torch.Generator().manual_seed(s.seed)
             if s.repetition_penalty != 1.0:
                 row.seen = torch.zeros(1, self.decoder.cfg.vocab_size, dtype=torch.bool)
                 row.seen[0, req.prompt] = True
             self.rows[b] = row
+            # The row's slice of the shared cache is a view, so the prefill writes the prompt's
+            # keys and values straight into row b; whatever the previous tenant left beyond
+            # the prompt is never read (each row attends only up to its own position).
             x = torch.tensor([req.prompt])
             logits = self.decoder(x, cache=self.cache.row(b), last_only=True)[:, -1]
             self._advance([b], logits)
@@ -144,6 +165,10 @@ class Batcher:
         live = [b for b, row in enumerate(self.rows) if row is not None]
         if not live:
             return
+        # Decode rows 0..hi-1 in one batch, even the free ones among them: a gather of live
+        # rows would copy the cache every step, while a free row costs only its share of one
+        # matmul (its token 0 at position 0 writes a key nobody reads). Rows keep their slot
+        # for life, so the batch narrows again as the highest rows finish.
         hi = live[-1] + 1
         tokens = torch.tensor([r.last if r else 0 for r in self.rows[:hi]])
         pos = torch.tensor([r.pos if r else 0 for r in self.rows[:hi]])
@@ -164,10 +189,13 @@ class Batcher:
         """Next tokens. Rows with the same settings and no generator of their own (no seed)
         sample in one call; a seeded row uses its own generator, so its draw does not depend
         on its neighbours."""
+        # OpenAI's logit_bias is added before anything else, so it also shapes greedy picks.
         for k, row in enumerate(rows):
             if row.req.logit_bias:
                 ids = list(row.req.logit_bias)
                 logits[k, ids] += torch.tensor([row.req.logit_bias[i] for i in ids])
+        # Grouping keeps the common case (many unseeded requests with default settings) at one
+        # softmax and one multinomial per step instead of one per row.
         out = [0] * len(rows)
         groups: dict = {}
         for k, row in enumerate(rows):
@@ -192,13 +220,51 @@ class Batcher:
                 row.seen[0, t] = True
             row.n += 1
             self.generated += 1
+            # The row's TextState turns the token into text the client may see now (no half
+            # characters, no partial stop strings) and says whether a stop string completed.
             piece, stopped = row.text.push(t, t in req.stop_ids)
             finish = "stop" if stopped else None
             if finish is None and (row.n >= s.max_new_tokens or row.pos >= self.max_len):
                 piece += row.text.flush()
                 finish = "length"
+            # emit runs on this thread: it must only hand the event over (a queue put or an
+            # asyncio call_soon_threadsafe), never block, or every row waits for it.
             req.emit(t, piece, finish)
             if finish or req.cancelled:
                 self._free(b)
             else:
                 row.last = t
+
+
+class BatchedSession:
+    """engine.Session's interface over the batcher: each `stream` is one request whose prompt
+    is the sequence so far. Unlike Session it prefills the whole sequence again after a tool
+    call (the batcher frees a request's row when it finishes), but conversations still share
+    decode steps with everything else the server runs."""
+
+    def __init__(self, batcher: Batcher, prompt: list[int]):
+        self.batcher, self.ids = batcher, list(prompt)
+
+    def append(self, ids: list[int]) -> None:
+        self.ids += ids
+
+    def stream(self, s: SamplingConfig, stop_ids=None):
+        """Yield (token id, new text, finished by a stop) as the batcher's worker emits them.
+        Closing the generator early (the client went away) cancels the request."""
+        events: queue.Queue = queue.Queue()
+        hidden = frozenset(self.batcher.tok.special_ids.values())
+        stop_ids = self.batcher.engine.stop_ids if stop_ids is None else frozenset(stop_ids)
+        req = self.batcher.submit(
+            Request(list(self.ids), s, lambda *ev: events.put(ev), stop_ids, hidden)
+        )
+        try:
+            while True:
+                token, text, finish = events.get()
+                if finish == "error":
+                    raise RuntimeError(text)
+                self.ids.append(token)
+                yield token, text, finish == "stop"
+                if finish:
+                    return
+        finally:
+            req.cancel()  # a no-op once finished; else the worker frees the row

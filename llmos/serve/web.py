@@ -1,20 +1,25 @@
 """The web chat's routes: the page at / (static files, no CDN), its conversations in SQLite
-under /api/conversations, and the server's own tools for the page's tool calls."""
+under /api/conversations, and /api/chat, which runs an assistant turn with its tool calls on
+the server (the agent loop, through the batcher) and streams what happens to the page."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from llmos.agent.tools import TOOLS, run_tool_call
+from llmos.agent.loop import assistant_turn
+from llmos.chat_format import ConversationError, check_conversation
+from llmos.infer.engine import SamplingConfig
+from llmos.serve.batcher import Batcher
 from llmos.serve.errors import APIError, read_body
 from llmos.serve.store import ChatStore
 
@@ -26,9 +31,11 @@ CSP = (
 )
 
 
-class ToolCallBody(BaseModel):
-    name: str
-    arguments: str | dict[str, Any] = "{}"
+class ChatTurnBody(BaseModel):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1, le=4096)
 
 
 class ConversationBody(BaseModel):
@@ -37,24 +44,58 @@ class ConversationBody(BaseModel):
     settings: dict[str, Any] | None = None
 
 
-def add_web_chat(app: FastAPI, store: ChatStore) -> None:
+def add_web_chat(app: FastAPI, store: ChatStore, batcher: Batcher) -> None:
     @app.get("/")
     async def index():
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/api/tools")
-    async def list_tools():
-        return {"data": [t["schema"] for t in TOOLS.values()]}
+    @app.post("/api/chat")
+    async def chat_turn(request: Request):
+        """The assistant's turn, tools run here: SSE events {"type": "text", "text"} as the
+        reply streams, {"type": "message", "message"} as each message (a call, a tool's
+        result, the answer) completes, {"type": "error", "message"}, then [DONE]."""
+        body: ChatTurnBody = await read_body(request, ChatTurnBody)
+        try:
+            check_conversation(body.messages, "messages")
+        except ConversationError as e:
+            raise APIError(400, str(e), param="messages") from None
+        s = SamplingConfig(
+            temperature=body.temperature, top_p=body.top_p, max_new_tokens=body.max_tokens
+        )
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        gone = threading.Event()  # the client hung up: the turn stops at its next token
 
-    @app.post("/api/tools/run")
-    async def run_tool(request: Request):
-        """Run one of the server's own tools (the calculator) for the web chat's tool calls."""
-        body: ToolCallBody = await read_body(request, ToolCallBody)
-        call = json.dumps({"name": body.name, "arguments": body.arguments})
-        _, result = await asyncio.to_thread(run_tool_call, call)
-        return {"content": result}
+        def emit(event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def work() -> None:
+            try:
+                assistant_turn(
+                    batcher,
+                    body.messages,
+                    s,
+                    on_text=lambda piece: emit({"type": "text", "text": piece}),
+                    on_message=lambda m: emit({"type": "message", "message": m}),
+                    should_stop=gone.is_set,
+                )
+            except Exception as e:  # the page shows it; the server goes on
+                emit({"type": "error", "message": f"{type(e).__name__}: {e}"})
+            finally:
+                emit(None)
+
+        threading.Thread(target=work, name="llmos-web-turn", daemon=True).start()
+
+        async def stream():
+            try:
+                while (event := await events.get()) is not None:
+                    yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                gone.set()
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
 
     @app.get("/api/conversations")
     async def list_conversations():

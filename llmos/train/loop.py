@@ -1,9 +1,13 @@
-"""The training loop every stage shares: pretraining, fine-tuning.
+"""The training loop every stage shares: pretraining, fine-tuning, and later reward models,
+DPO and RL.
 
-A stage hands it a model, a loader with next()/state()/load_state(), and an evaluation; the
-loop owns the optimizer (AdamW, warmup and cosine decay), gradient accumulation and clipping,
-bf16 autocast, metrics.jsonl, checkpoints (the model directory plus train_state.pt, written
-atomically), exact resume and Ctrl-C.
+A stage hands it a model, a loader with next()/state()/load_state(), a step function
+`step(model, batch) -> (loss, tokens processed)` and an evaluation. The stage decides what a
+batch is and what the loss is (next-token cross-entropy, a pairwise reward loss, DPO against a
+frozen reference); the loop owns everything else: the optimizer (AdamW, warmup and cosine
+decay), gradient accumulation and clipping, bf16 autocast, the device, metrics.jsonl with
+FLOPs, checkpoints (the model directory plus train_state.pt, written atomically), exact resume
+and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +30,53 @@ from tqdm import tqdm
 
 from llmos import runs
 from llmos.checkpoint import load_state, save_model_dir, save_state
+from llmos.common import LlmosError, arg, device, write_json
 from llmos.model import Transformer
 
 
-class ResumeError(ValueError):
-    pass
+class ResumeError(LlmosError):
+    """A --resume with nothing to resume or a different config, or a silent overwrite."""
 
 
-def lr_at(step: int, c) -> float:
+@dataclass
+class TrainConfig:
+    """The optimisation settings every training stage shares. A stage's config extends this
+    class (one level, no deeper) and may change a default by declaring the field again."""
+
+    batch_size: int = arg(16, "sequences (rows) per micro-batch")
+    grad_accum: int = arg(1, "micro-batches per optimizer step (the batch is their sum)")
+    max_steps: int = arg(1000, "optimizer steps to train for")
+    lr: float = arg(3e-3, "peak learning rate (AdamW), reached after the warmup")
+    min_lr_ratio: float = arg(0.1, "the cosine decay ends at lr times this")
+    warmup_steps: int = arg(50, "steps of linear warmup from 0 to lr")
+    weight_decay: float = arg(0.1, "AdamW weight decay on matrices (never on norms)")
+    grad_clip: float = arg(1.0, "clip the gradient's global norm to this")
+    bf16: bool = arg(False, "bf16 autocast for matmuls (weights and optimizer stay fp32)")
+    eval_every: int = arg(100, "evaluate every this many steps (and at the last)")
+    eval_windows: int = arg(64, "val batches per periodic eval; the final eval uses all")
+    checkpoint_every: int = arg(250, "write a checkpoint every this many steps")
+    seed: int = arg(0, "seed for initialisation, data order and sampling")
+
+
+def next_token_step(model: Transformer, batch) -> tuple[torch.Tensor, int]:
+    """The language-modelling loss: (inputs, targets) or, for packed rows, (inputs, targets,
+    segments); targets of -1 are not learned (prompts, padding)."""
+    x, y, *segments = batch
+    return model(x, y, segments=segments[0] if segments else None), x.numel()
+
+
+def to_device(batch, dev: torch.device):
+    """Every tensor in a (nested) tuple, list or dict of a batch, moved to `dev`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dev, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, dev) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, dev) for v in batch)
+    return batch
+
+
+def lr_at(step: int, c: TrainConfig) -> float:
     """Linear warmup, then cosine decay to min_lr_ratio·lr (Loshchilov & Hutter 2017)."""
     if step < c.warmup_steps:
         return c.lr * (step + 1) / c.warmup_steps
@@ -42,10 +86,12 @@ def lr_at(step: int, c) -> float:
     )
 
 
-def make_optimizer(model: Transformer, c) -> torch.optim.AdamW:
-    # No weight decay on norms (1-D); betas as in GPT-3 / Llama.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+def make_optimizer(model: Transformer, c: TrainConfig) -> torch.optim.AdamW:
+    # Only what trains (LoRA freezes the base); no weight decay on norms (1-D); betas as in
+    # GPT-3 / Llama.
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": c.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -54,20 +100,25 @@ def make_optimizer(model: Transformer, c) -> torch.optim.AdamW:
 
 
 def _rng_state() -> dict:
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _check_resume(out: Path, c) -> None:
+def _check_resume(out: Path, c: TrainConfig) -> None:
     saved = json.loads((out / "run.json").read_text())["config"]
     now = dataclasses.asdict(c)
     diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
@@ -78,7 +129,7 @@ def _check_resume(out: Path, c) -> None:
         )
 
 
-def check_start(out: Path, c, resume: bool) -> None:
+def check_start(out: Path, c: TrainConfig, resume: bool) -> None:
     """Refuse a resume with nothing (or a different config) to resume, and a silent overwrite."""
     state_path = out / "train_state.pt"
     if resume:
@@ -112,7 +163,7 @@ def _ctrl_c_ends_the_step():
 
 
 def train_loop(
-    c,
+    c: TrainConfig,
     out: Path,
     model: Transformer,
     tok,
@@ -122,15 +173,21 @@ def train_loop(
     resume: bool = False,
     stop_at: int | None = None,
     export: Callable[[Transformer], Transformer] = lambda m: m,
+    step_fn: Callable[[Transformer, object], tuple[torch.Tensor, int]] = next_token_step,
 ) -> tuple[Transformer, bool]:
     """Train `model` for c.max_steps; (the model, whether it finished rather than stopped).
 
-    `c` needs the fields of the shared optimization settings: lr, warmup_steps, max_steps,
-    min_lr_ratio, weight_decay, grad_accum, grad_clip, bf16, eval_every, eval_windows,
-    checkpoint_every, seed. `stop_at` ends early after that step, as Ctrl-C does. `export`
-    turns the training model into the one saved as model.safetensors (LoRA merges there)."""
+    Each micro-batch is `loader.next()`, moved to the device, and `step_fn(model, batch)` gives
+    its mean loss and the tokens it processed. `stop_at` ends early after that step, as Ctrl-C
+    does. `export` turns the training model into the one saved as model.safetensors (LoRA
+    merges there)."""
+    dev = device()
+    model.to(dev)
     state_path = out / "train_state.pt"
-    step = 0
+    step, flops = 0, 0.0
+    # Training FLOPs per token: 6N (forward 2N, backward 4N; Kaplan et al. 2020), N the
+    # parameters that cost a multiply-add per token (all but the input embedding).
+    flops_per_token = 6 * model.cfg.n_params_no_embedding
     if resume:
         state = load_state(state_path)
         # The state holds the trainable tensors itself (all weights, or LoRA's adapters), so
@@ -146,20 +203,21 @@ def train_loop(
         opt.load_state_dict(state["optimizer"])
         loader.load_state(state["loader"])
         _set_rng_state(state["rng"])
-        step = state["step"]
+        step, flops = state["step"], state.get("flops", 0.0)
         runs.truncate_metrics(out, step)
         print(f"resuming from step {step}")
     else:
         opt = make_optimizer(model, c)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
-        runs.write_json(out / "run.json", {"config": dataclasses.asdict(c), "kind": kind})
+        write_json(out / "run.json", {"config": dataclasses.asdict(c), "kind": kind})
 
     def checkpoint():
         save_model_dir(export(model), tok, out, step=step)
         trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         state = {
             "step": step,
+            "flops": flops,
             "optimizer": opt.state_dict(),
             "loader": loader.state(),
             "rng": _rng_state(),
@@ -169,20 +227,27 @@ def train_loop(
 
     model.train()
     bar = tqdm(total=c.max_steps, initial=step, desc=kind, unit="step", dynamic_ncols=True)
+    # Throughput is measured over windows of >= 10 s, so one slow step (an eval, a checkpoint,
+    # another process stealing the CPU) does not dominate the figure.
     t_last, tokens_since = time.time(), 0
     with _ctrl_c_ends_the_step() as interrupted:
         while step < c.max_steps and not interrupted():
             lr = lr_at(step, c)
             for g in opt.param_groups:
                 g["lr"] = lr
+            # Gradient accumulation: grad_accum micro-batches add their gradients, each loss
+            # scaled by 1/grad_accum, so the step is the mean over the whole batch.
             loss_sum = 0.0
             for _ in range(c.grad_accum):
-                x, y, *segments = loader.next()  # packed loaders add segment ids
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
-                    loss = model(x, y, segments=segments[0] if segments else None)
+                batch = to_device(loader.next(), dev)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=c.bf16):
+                    loss, n_tokens = step_fn(model, batch)
                 (loss / c.grad_accum).backward()
                 loss_sum += loss.item() / c.grad_accum
-                tokens_since += int((y >= 0).sum())
+                tokens_since += n_tokens
+                flops += flops_per_token * n_tokens
+            # Clipping the global norm keeps a rare huge gradient (a loss spike) from undoing
+            # what was learned; the norm itself is logged as a health signal.
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -195,6 +260,7 @@ def train_loop(
                 "lr": lr,
                 "grad_norm": float(norm),
                 "tok_per_s": tps,
+                "flops": flops,
             }
             if step % c.eval_every == 0 or step == c.max_steps:
                 row |= evaluate(model, c.eval_windows)
@@ -212,6 +278,7 @@ def train_loop(
                 break
     finished = step >= c.max_steps
     bar.close()
+    # Always checkpoint on the way out: after the last step, after Ctrl-C, after stop_at.
     checkpoint()
     if not finished:
         print(f"stopped at step {step}; checkpoint saved in {out}; continue with --resume")

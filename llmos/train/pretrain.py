@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,39 +19,31 @@ import numpy as np
 import torch
 
 from llmos import runs
-from llmos.config import preset
-from llmos.data.corpora import cache_dir, load_corpus, split
+from llmos.common import arg, atomic_write_text, cache_dir
+from llmos.config import PRESETS, preset
+from llmos.data.corpora import load_corpus, split
 from llmos.data.shards import TokenLoader, build_shards, fingerprint
 from llmos.eval.compress import compressor_bits, model_bits
 from llmos.infer.engine import Engine, SamplingConfig
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
-from llmos.train.loop import check_start, train_loop
+from llmos.train.loop import TrainConfig, check_start, train_loop
 
 log = logging.getLogger("llmos")
 
 
 @dataclass
-class PretrainConfig:
-    preset: str = "micro"
-    corpus: str = "default"
-    tokenizer: str = ""  # a model directory whose tokenizer to use; empty: train one
-    vocab_size: int = 0  # 0: the preset's
-    seq_len: int = 0  # 0: the preset's context length
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_steps: int = 1000
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    bf16: bool = False  # bf16 autocast for matmuls; weights and optimizer stay fp32
-    eval_every: int = 100
-    eval_windows: int = 64  # val windows per periodic eval; the final eval uses all
-    checkpoint_every: int = 250
-    val_fraction: float = 0.05
-    seed: int = 0
+class PretrainConfig(TrainConfig):
+    preset: str = arg("micro", "model shape (llmos presets lists them)", choices=list(PRESETS))
+    corpus: str = arg("default", "names, text files, globs or JSONL files, comma-separated")
+    tokenizer: str = arg(
+        "",
+        "a model or tokenizer directory to take the tokenizer from; "
+        "empty: train one on the corpus (cached)",
+    )
+    vocab_size: int = arg(0, "tokens in a trained tokenizer; 0: the preset's")
+    seq_len: int = arg(0, "tokens per training window; 0: the preset's context length")
+    val_fraction: float = arg(0.05, "share of the documents (by hash of their id) held out")
 
 
 def prepare_tokenizer(c: PretrainConfig, train_docs, val_docs, vocab_size: int) -> Tokenizer:
@@ -161,10 +152,4 @@ Val bits per byte **{final["val_bpb"]:.3f}** (val loss {final["val_loss"]:.3f} n
 {sample}
 ```
 """
-    from llmos.checkpoint import atomic_write_text
-
     atomic_write_text(out / "report.md", text)
-
-
-def set_threads() -> None:
-    torch.set_num_threads(int(os.environ.get("LLMOS_THREADS", os.cpu_count() or 1)))

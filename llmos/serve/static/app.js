@@ -1,9 +1,10 @@
-// The llmos web chat: conversations kept by the server (SQLite), replies streamed from
-// /v1/chat/completions. No framework and nothing loaded from elsewhere.
+// The llmos web chat: conversations kept by the server (SQLite), assistant turns (tool calls
+// included) run by the server and streamed from /api/chat. No framework and nothing loaded
+// from elsewhere.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { id: null, messages: [], controller: null, tools: [] };
+const state = { id: null, messages: [], controller: null };
 const SETTINGS = ["system", "temperature", "top-p", "max-tokens"];
 
 // -- markdown: escape every HTML character first, then add a small, fixed set of tags --------
@@ -159,18 +160,7 @@ async function send(text) {
   state.controller = new AbortController();
   $("send").hidden = true; $("stop").hidden = false; status("");
   try {
-    // The model may call the server's tools (the calculator): run each call, show it, and
-    // let the model go on with the result, as `llmos chat` does.
-    for (let round = 0; round < 4; round++) {
-      const reply = await streamReply();
-      if (!reply.tool_calls) break;
-      for (const call of reply.tool_calls) {
-        const r = await api("POST", "/api/tools/run", call.function);
-        const result = { role: "tool", tool_call_id: call.id, content: r.content };
-        state.messages.push(result);
-        bubble(result);
-      }
-    }
+    await streamTurn();
   } catch (e) {
     if (e.name !== "AbortError") status(e.message);
   } finally {
@@ -180,20 +170,20 @@ async function send(text) {
   }
 }
 
-// One assistant message, streamed into its bubble; kept (even if stopped half way).
-async function streamReply() {
+// The assistant's turn, run by the server (/api/chat): its tool calls run there, through the
+// same loop as `llmos chat`. Text streams into a draft bubble; each finished message (a call,
+// a tool's result, the answer) replaces the draft and is kept. Stopping keeps the draft.
+async function streamTurn() {
   const system = $("system").value.trim();
   const messages = (system ? [{ role: "system", content: system }] : []).concat(state.messages);
-  const reply = { role: "assistant", content: "" };
-  state.messages.push(reply);
-  const div = bubble(reply);
+  let draft = { role: "assistant", content: "" };
+  let div = bubble(draft);
   try {
-    const r = await fetch("/v1/chat/completions", {
+    const r = await fetch("/api/chat", {
       method: "POST", headers: headers(), signal: state.controller.signal,
       body: JSON.stringify({
-        model: $("model").textContent, messages, stream: true, tools: state.tools,
-        temperature: Number($("temperature").value), top_p: Number($("top-p").value),
-        max_tokens: Number($("max-tokens").value),
+        messages, temperature: Number($("temperature").value),
+        top_p: Number($("top-p").value), max_tokens: Number($("max-tokens").value),
       }),
     });
     if (!r.ok) throw new Error((await r.json()).error.message);
@@ -209,18 +199,26 @@ async function streamReply() {
       for (const ev of events) {
         const data = ev.replace(/^data: /, "");
         if (data === "[DONE]") continue;
-        const delta = JSON.parse(data).choices[0]?.delta || {};
-        if (delta.content) reply.content += delta.content;
-        if (delta.tool_calls) reply.tool_calls = delta.tool_calls;
-        div.innerHTML = markdown(reply.content);
-        div.scrollIntoView({ block: "end" });
+        const e = JSON.parse(data);
+        if (e.type === "text") {
+          draft.content += e.text;
+          div.innerHTML = markdown(draft.content);
+          div.scrollIntoView({ block: "end" });
+        } else if (e.type === "message") {
+          div.remove();
+          state.messages.push(e.message);
+          bubble(e.message);
+          draft = { role: "assistant", content: "" };
+          div = bubble(draft);
+        } else if (e.type === "error") {
+          status(e.message);
+        }
       }
     }
   } finally {
     div.remove();
-    bubble(reply);
+    if (draft.content) { state.messages.push(draft); bubble(draft); }
   }
-  return reply;
 }
 
 // -- wiring ----------------------------------------------------------------------------------
@@ -247,7 +245,6 @@ async function init() {
   try {
     const { data } = await api("GET", "/v1/models");
     $("model").textContent = data[0].id;
-    state.tools = (await api("GET", "/api/tools")).data;
     await refreshList();
     status("");
   } catch (e) {

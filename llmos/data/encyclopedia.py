@@ -1,0 +1,77 @@
+"""A generated encyclopedia: fictional people and towns that no model can know from elsewhere.
+
+It joins the default pretraining corpus, and the knowledge task (tasks/knowledge.py) asks about
+it: whether a model can be asked for a fact it read only in pretraining text, and whether it can
+answer the question the other way round (the reversal curse, Berglund et al. 2023).
+"""
+
+from __future__ import annotations
+
+import random
+
+from llmos.common import hash_fraction
+
+_SYL = "ka lo ri ven tas mor eli dun sar ith bel quo fen ral tor mi zan pe ol gry".split()
+PROFESSIONS = "glassblower cartographer beekeeper astronomer weaver ferryman luthier brewer".split()
+
+
+def _word(r: random.Random, n: int) -> str:
+    return "".join(r.choice(_SYL) for _ in range(n)).capitalize()
+
+
+def encyclopedia(n: int = 30, seed: int = 0) -> list[dict]:
+    """Fictional people, each born in a town of their own (so "who was born in T?" has one
+    answer), with a profession. Deterministic: the same seed gives the same world.
+
+    >>> encyclopedia(1)[0].keys()
+    dict_keys(['name', 'town', 'job', 'a'])
+    """
+    r, people, names, towns = random.Random(f"encyclopedia/{seed}"), [], set(), set()
+    while len(people) < n:
+        name, town = f"{_word(r, 2)} {_word(r, 2)}", _word(r, 3)
+        if name in names or town in towns:
+            continue
+        names.add(name)
+        towns.add(town)
+        job = r.choice(PROFESSIONS)
+        people.append(
+            {"name": name, "town": town, "job": job, "a": "an" if job[0] in "aeiou" else "a"}
+        )
+    return people
+
+
+def is_probe_train(name: str) -> bool:
+    """Half the people: fine-tuning teaches the question format on them; eval asks the rest."""
+    return hash_fraction(name) >= 0.5
+
+
+def encyclopedia_docs(
+    n: int = 30, seed: int = 0, repeats: int = 400, qa_repeats: int = 100
+) -> list[tuple[str, str]]:
+    """(id, text) documents stating each person's birthplace as "<name> ... <town>" (the
+    forward direction; the reverse question tests the reversal curse). One form repeats the
+    name after the town ("X was born in T. X worked as ..."), which the base model can recite
+    from the town; the one run of a forward-only variant failed the probes (docs/LOG.md).
+
+    For the fine-tuning half of the people, pretraining also sees the facts as questions and
+    answers ("mixed training", Allen-Zhu & Li 2023, Physics of LMs 3.1): a model that saw
+    only biographies stores the facts but cannot yet be asked for them, and fine-tuning alone
+    then teaches it to recite memorised answers instead of looking the asked person up."""
+    forms = [
+        "{name} was born in {town}. {name} worked as {a} {job}.",
+        "{name}, {a} {job}, was born in {town}.",
+        "The {job} {name} was born in the town of {town}.",
+        "{name} was born in {town} and became a well known {job}.",
+    ]
+    qa = "Question: Where was {name} born?\nAnswer: {name} was born in {town}."
+    people = encyclopedia(n, seed)
+    docs = []
+    for p in people:
+        for k in range(repeats):
+            docs.append((f"encyclopedia/{p['name']}/{k}", forms[k % len(forms)].format(**p)))
+    for p in people:
+        if is_probe_train(p["name"]):
+            docs += [
+                (f"encyclopedia/qa/{p['name']}/{k}", qa.format(**p)) for k in range(qa_repeats)
+            ]
+    return docs

@@ -1,0 +1,37 @@
+"""Knowledge probes: questions about the generated encyclopedia's people (data/encyclopedia.py).
+
+Forward, "Where was X born?" (the direction the biographies state), and reverse, "Who was born
+in T?" (the reversal curse, Berglund et al. 2023). Fine-tuning asks about half of the people;
+evaluation asks about the other half, whose facts appear only in pretraining biographies.
+"""
+
+from __future__ import annotations
+
+from llmos.data.encyclopedia import encyclopedia, is_probe_train
+from llmos.tasks.base import contains, record
+
+GROUPS = ["knowledge", "knowledge-reverse"]
+
+
+def questions(split: str) -> list[dict]:
+    """Both directions for every person of the split (the world of seed 0)."""
+    out = []
+    for p in encyclopedia():
+        if is_probe_train(p["name"]) != (split == "train"):
+            continue
+        fact = f"{p['name']} was born in {p['town']}."
+        out += [
+            record("knowledge", f"Where was {p['name']} born?", fact, p["town"]),
+            record("knowledge-reverse", f"Who was born in {p['town']}?", fact, p["name"]),
+        ]
+    return out
+
+
+def generate(n: int, seed: int = 0, split: str = "train") -> list[dict]:
+    """A fixed set of questions: train repeats it to n records, eval asks up to n of it."""
+    qs = questions(split)
+    return [qs[i % len(qs)] for i in range(n)] if split == "train" else qs[:n]
+
+
+def reward(rec: dict, reply: str) -> float:
+    return contains(reply, rec["answer"])
