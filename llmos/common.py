@@ -16,8 +16,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("llmos")
 
@@ -70,13 +72,21 @@ def cache_dir() -> Path:
 # -- machine ----------------------------------------------------------------------------------
 
 
+# torch is imported where it is used: tool workers and the numpy-only paths import this module
+# and should not pay torch's 3 s import.
+
+
 def set_threads() -> None:
     """Use every core (or LLMOS_THREADS). Torch's default can be fewer than the cores."""
+    import torch
+
     torch.set_num_threads(int(os.environ.get("LLMOS_THREADS", os.cpu_count() or 1)))
 
 
 def device() -> torch.device:
     """CUDA when there is a GPU, else the CPU."""
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -1,5 +1,7 @@
 """The calculator: exact arithmetic, and clear refusals of everything else."""
 
+import json
+
 import pytest
 
 from llmos.agent.tools import ToolError, calculate, run_tool_call
@@ -19,3 +21,79 @@ def test_calculator_refuses_clearly():
     assert call["name"] == "calculator" and result == "error: division by zero"
     assert run_tool_call("{not json")[1].startswith("error: malformed tool call")
     assert run_tool_call('{"name": "rm", "arguments": {}}')[1].startswith("error: no tool named")
+
+
+# Expressions an adversary would try: huge powers, powers of intermediate results, floats
+# that overflow, big rounding, nesting, odd bytes. Each must come back, quickly, as a number
+# or an "error: ..." the model can read; none may raise or run long.
+ADVERSARIAL = [
+    "9**9**9",
+    "(10**99)**2",
+    "(10**50 * 10**50) * 10**50",
+    "2.0 ** 5000",
+    "1e308 * 10",
+    "1e308 ** 2",
+    "0 ** -1",
+    "(-8) ** 0.5",
+    "10**99 // 1e-300",
+    "round(1, -10**9)",
+    "round(1.5, 10**9)",
+    "round(1, 1.5)",
+    "min()",
+    "max(" + ",".join(["1"] * 40) + ")",
+    "sqrt(-1)",
+    "-" * 490 + "1",
+    "(" * 200 + "1" + ")" * 200,
+    "((((((((((((((((((((((((((((((((((((((((1))))))))))))))))))))))))))))))))))))))))",
+    "1" * 500,
+    "1\x00+1",
+    "abs(True)",
+    "7 % 0.0",
+    "[1, 2]",
+    "'a' * 10",
+    "lambda: 1",
+    "2 ** 332 * 2 ** 332",
+]
+
+
+@pytest.mark.parametrize("expression", ADVERSARIAL)
+def test_adversarial_expressions_are_answered_within_the_limit(expression):
+    import time
+
+    from llmos.agent.tools import TIME_LIMIT_S
+
+    t = time.monotonic()
+    call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+    _, result = run_tool_call(call)
+    assert time.monotonic() - t < TIME_LIMIT_S + 0.5
+    assert result.startswith("error: ") or float(result) == float(result), result
+
+
+def test_a_long_computation_is_killed_at_the_limit():
+    """With the digit bound lifted, 3**10**8 holds the GIL for seconds: the worker process is
+    killed at the limit, and the caller (a server thread) was never blocked by it."""
+    import threading
+    import time
+
+    from llmos.agent.tools import ToolWorker
+
+    worker = ToolWorker(max_digits=10**9)
+    worker.call("calculator", {"expression": "1 + 1"})  # started
+    ticks = []
+    done = threading.Event()
+
+    def tick():  # what a server's event loop does meanwhile
+        while not done.is_set():
+            t = time.monotonic()
+            time.sleep(0.01)
+            ticks.append(time.monotonic() - t)
+
+    threading.Thread(target=tick, daemon=True).start()
+    t = time.monotonic()
+    with pytest.raises(ToolError, match="time limit"):
+        worker.call("calculator", {"expression": "3 ** 10**8 % 7"}, limit=0.5)
+    done.set()
+    assert 0.5 <= time.monotonic() - t < 1.5
+    assert max(ticks) < 0.1  # the caller's process never stalled
+    assert worker.call("calculator", {"expression": "6 * 7"}) == "42"  # a fresh worker
+    worker.close()

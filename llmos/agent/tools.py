@@ -7,9 +7,13 @@ come back as text the model sees ("error: ..."), never as an exception out of th
 from __future__ import annotations
 
 import ast
+import json
 import math
 import operator
-import time
+import select
+import subprocess
+import sys
+import threading
 
 from llmos.chat_format import ToolCallError, parse_tool_call
 from llmos.common import LlmosError
@@ -19,8 +23,9 @@ class ToolError(LlmosError):
     """A tool that cannot do what was asked; its message goes back to the model."""
 
 
-MAX_DIGITS = 100  # results beyond 10**100 are refused: the model never needs them
-TIME_LIMIT_S = 0.5
+MAX_DIGITS = 100  # numbers beyond 10**100 are refused: the model never needs them
+MAX_ROUND_DIGITS = 100  # round(x, n) with |n| above this is refused (round(1, -10**9) is slow)
+TIME_LIMIT_S = 2.0  # wall clock per tool call, enforced by killing the worker process
 
 _BINARY = {
     ast.Add: operator.add,
@@ -35,65 +40,150 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max}
 
 
-def _check_size(x):
-    if isinstance(x, int) and abs(x) >= 10**MAX_DIGITS:
-        raise ToolError(f"result too large (more than {MAX_DIGITS} digits)")
-    if isinstance(x, float) and math.isinf(x):
-        raise ToolError("result too large")
+def _number(x, max_digits: int):
+    """x if it is a real number of at most max_digits digits, else a ToolError.
+
+    Every operation's inputs pass through here, so each operation costs at most what one
+    multiplication of two max_digits numbers costs: the bound holds for every step, not only
+    for the final result."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ToolError(f"not a real number: {x!r}"[:200])
+    if isinstance(x, int) and x.bit_length() > max_digits * 3.33:
+        raise ToolError(f"number too large (more than {max_digits} digits)")
+    if isinstance(x, float) and not math.isfinite(x):
+        raise ToolError("number too large")
     return x
 
 
-def _eval(node, deadline: float):
-    if time.monotonic() > deadline:
-        raise ToolError("time limit exceeded")
+def _eval(node, max_digits: int):
     if isinstance(node, ast.Expression):
-        return _eval(node.body, deadline)
+        return _eval(node.body, max_digits)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return _check_size(node.value)
+        return _number(node.value, max_digits)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        a, b = _eval(node.left, deadline), _eval(node.right, deadline)
+        a, b = _eval(node.left, max_digits), _eval(node.right, max_digits)
         if isinstance(node.op, ast.Pow):
             # Bound the size before computing: 10**10**10 would otherwise run for ever.
-            if abs(b) > 10_000 or (
-                a not in (0, 1, -1) and abs(b) * math.log10(abs(a) or 1) > MAX_DIGITS
-            ):
-                raise ToolError(f"result too large (more than {MAX_DIGITS} digits)")
+            if abs(a) > 1 and abs(b) * math.log10(abs(a)) > max_digits:
+                raise ToolError(f"number too large (more than {max_digits} digits)")
         if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and b == 0:
             raise ToolError("division by zero")
-        return _check_size(_BINARY[type(node.op)](a, b))
+        return _number(_BINARY[type(node.op)](a, b), max_digits)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_eval(node.operand, deadline))
+        return _UNARY[type(node.op)](_eval(node.operand, max_digits))
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id in _FUNCS
         and not node.keywords
+        and 0 < len(node.args) <= 20
     ):
-        args = [_eval(a, deadline) for a in node.args]
-        try:
-            return _check_size(_FUNCS[node.func.id](*args))
-        except (TypeError, ValueError) as e:
-            raise ToolError(f"{node.func.id}: {e}") from None
+        args = [_eval(a, max_digits) for a in node.args]
+        if node.func.id == "round" and len(args) == 2:
+            if not isinstance(args[1], int) or abs(args[1]) > MAX_ROUND_DIGITS:
+                raise ToolError(f"round: digits must be an integer within ±{MAX_ROUND_DIGITS}")
+        return _number(_FUNCS[node.func.id](*args), max_digits)
     what = type(node).__name__
     if isinstance(node, ast.Name):
         what = f"the name '{node.id}'"
     elif isinstance(node, ast.Call):
-        what = "calling anything but " + ", ".join(_FUNCS)
+        what = "calling anything but " + ", ".join(_FUNCS) + " (with 1 to 20 arguments)"
     raise ToolError(f"not allowed in an arithmetic expression: {what}")
 
 
-def calculate(expression: str) -> str:
-    """Evaluate arithmetic (+ - * / // % ** and sqrt, abs, round, min, max) safely."""
+def calculate(expression: str, max_digits: int = MAX_DIGITS) -> str:
+    """Evaluate arithmetic (+ - * / // % ** and sqrt, abs, round, min, max) safely.
+
+    >>> calculate("2 ** 10 - sqrt(16)")
+    '1020'
+    """
     if not isinstance(expression, str) or len(expression) > 500:
         raise ToolError("expression must be a string of at most 500 characters")
     try:
         tree = ast.parse(expression.replace("^", "**").replace("×", "*"), mode="eval")
-    except SyntaxError:
-        raise ToolError(f"not an arithmetic expression: {expression!r}") from None
-    value = _eval(tree, time.monotonic() + TIME_LIMIT_S)
+        value = _eval(tree, max_digits)
+    except (SyntaxError, ValueError) as e:  # ValueError: also null bytes in the source
+        if isinstance(e, SyntaxError) or "source code" in str(e):
+            raise ToolError(f"not an arithmetic expression: {expression!r}"[:300]) from None
+        raise ToolError(str(e)) from None
+    except (ArithmeticError, TypeError) as e:  # 0 ** -1, 2.0 ** 5000, min() ...
+        raise ToolError(f"{type(e).__name__}: {e}") from None
+    except (RecursionError, MemoryError):  # deeply nested input
+        raise ToolError("expression nested too deeply") from None
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         value = int(value)
     return str(value)
+
+
+# -- the worker ------------------------------------------------------------------------------
+# A check between steps cannot stop one long C call (a big-integer power holds the GIL for as
+# long as it runs, and every thread of the server waits), so tools run in a separate process:
+# the caller waits on a pipe with a timeout and kills the process when it passes. The worker
+# imports only this module (no torch) and runs tools by name, with JSON in and out (no pickle).
+
+
+class ToolWorker:
+    """Run tools in a child process, each call under a wall-clock limit. Thread-safe (calls
+    queue on a lock); a killed or crashed worker is replaced at the next call."""
+
+    def __init__(self, max_digits: int = MAX_DIGITS):
+        self.max_digits, self.proc, self.lock = max_digits, None, threading.Lock()
+
+    def _start(self) -> None:
+        code = f"from llmos.agent.tools import _worker_main; _worker_main({self.max_digits})"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        if self.proc.stdout.readline() != "ready\n":  # startup is not counted in the limit
+            self.close()
+            raise ToolError("the tool worker did not start")
+
+    def call(self, name: str, arguments: dict, limit: float = TIME_LIMIT_S) -> str:
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            self.proc.stdin.write(json.dumps({"name": name, "arguments": arguments}) + "\n")
+            ready, _, _ = select.select([self.proc.stdout], [], [], limit)
+            line = self.proc.stdout.readline() if ready else ""
+            if not line:  # the limit passed, or the worker died: a fresh one next time
+                self.close()
+                raise ToolError(f"{name}: time limit of {limit:g} s exceeded")
+            reply = json.loads(line)
+            if "error" in reply:
+                raise ToolError(reply["error"])
+            return reply["result"]
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def _worker_main(max_digits: int) -> None:
+    """The child process: one JSON call per line in, one JSON reply per line out."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        call = json.loads(line)
+        try:
+            args = call["arguments"]
+            if call["name"] == "calculator":
+                result = calculate(args.get("expression"), max_digits)
+            else:
+                result = TOOLS[call["name"]]["fn"](args)
+            reply = {"result": result}
+        except ToolError as e:
+            reply = {"error": str(e)}
+        except Exception as e:  # a bug in a tool is still only this call's error
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(reply), flush=True)
+
+
+WORKER = ToolWorker()
 
 
 TOOLS = {
@@ -127,6 +217,10 @@ def run_tool_call(text: str, tools: dict = TOOLS) -> tuple[dict | None, str]:
     if name not in tools:
         return call, f"error: no tool named {name!r}; tools: {', '.join(tools)}"
     try:
+        if tools is TOOLS:  # the built-in tools run in the worker, under the time limit
+            return call, WORKER.call(name, call["arguments"])
         return call, tools[name]["fn"](call["arguments"])
     except ToolError as e:
         return call, f"error: {e}"
+    except Exception as e:  # a tool's bug is the model's error message, not the caller's crash
+        return call, f"error: {type(e).__name__}: {e}"

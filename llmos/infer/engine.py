@@ -56,7 +56,9 @@ def sample_next(
         logits = torch.where(seen, penalized, logits)
     if s.temperature <= 0:
         return logits.argmax(-1)
-    logits = logits / s.temperature
+    # Subtract the max first: then the top logit is 0 and the rest are <= 0 at any temperature,
+    # so a tiny temperature gives -inf (never sampled) instead of inf - inf = NaN.
+    logits = (logits - logits.max(-1, keepdim=True).values) / s.temperature
     if s.top_k > 0:
         kth = torch.topk(logits, min(s.top_k, logits.size(-1))).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -385,7 +387,12 @@ class TextState:
                 return out, True
         # Hold back the longest tail that is a prefix of some stop string.
         keep = max(
-            (n for st in self.stop for n in range(1, len(st)) if self.held.endswith(st[:n])),
+            (
+                n
+                for st in self.stop
+                for n in range(1, min(len(st), len(self.held) + 1))
+                if self.held.endswith(st[:n])
+            ),
             default=0,
         )
         out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]

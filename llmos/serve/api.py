@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -58,7 +59,12 @@ class ServeConfig:
     max_n: int = arg(8, "the largest n (choices per request)")
     max_prompt_tokens: int = arg(0, "the longest prompt; 0: the context minus one")
     db: str = arg("", "the web chat's SQLite file; empty: chats.sqlite in the llmos cache")
+    request_timeout: float = arg(
+        600.0, "seconds a request may take, waiting included; then it ends as if out of tokens"
+    )
 
+
+MAX_STOP_CHARS = 256
 
 # -- request bodies --------------------------------------------------------------------------
 
@@ -70,11 +76,11 @@ class _Body(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: dict | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(None, max_length=300)  # OpenAI's limit
 
 
 class ChatBody(_Body):
@@ -164,6 +170,12 @@ class Served:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4:
             raise APIError(400, "At most 4 stop sequences.", param="stop")
+        if any(len(x) > MAX_STOP_CHARS for x in stop):
+            # Each token checks every suffix of the held-back text against every stop string:
+            # the cost grows with their length, so it is bounded for everyone's sake.
+            raise APIError(
+                400, f"Stop sequences are at most {MAX_STOP_CHARS} characters.", param="stop"
+            )
         return SamplingConfig(
             temperature=body.temperature,
             top_p=body.top_p,
@@ -176,7 +188,8 @@ class Served:
         """OpenAI's logit_bias: token id -> a bias in [-100, 100] added to its logit."""
         out = {}
         for k, v in (body.logit_bias or {}).items():
-            if not k.isdigit() or int(k) >= self.tok.vocab_size or not -100 <= v <= 100:
+            ok = re.fullmatch(r"[0-9]{1,9}", k) and int(k) < self.tok.vocab_size
+            if not ok or not -100 <= v <= 100:
                 raise APIError(
                     400,
                     f"logit_bias: {k!r}: {v} is not a token id with a bias in [-100, 100]",
@@ -191,6 +204,7 @@ class Served:
         if self.inbox is None:
             self.inbox = Inbox(asyncio.get_running_loop())
         inbox, q = self.inbox, asyncio.Queue()
+        deadline = time.monotonic() + self.c.request_timeout
         gens: list[Generation] = []
         try:
             for p_i, prompt in enumerate(prompts):
@@ -202,7 +216,7 @@ class Served:
                     def emit(t, text, finish, i=i):
                         inbox.put(q, (i, t, text, finish))
 
-                    g = Generation(prompt, si, emit, self.stop_ids, self.hidden, bias)
+                    g = Generation(prompt, si, emit, self.stop_ids, self.hidden, bias, deadline)
                     gens.append(self.batcher.submit(g))
         except Busy as e:
             for g in gens:
@@ -253,7 +267,8 @@ def chat_prompt(served: Served, body: ChatBody) -> tuple[list[int], str, list[in
     if choice == "required":
         ids = ids + [served.call_open]
     elif isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
         if not isinstance(name, str):
             raise APIError(400, "tool_choice needs function.name", param="tool_choice")
         forced = '{"name": ' + json.dumps(name) + ', "arguments": '
@@ -303,12 +318,17 @@ class ChoiceState:
             return [openai_call(c, k) for k, c in enumerate(hermes_tool_calls(self.content)[0])]
         return []
 
+    def unparsed_call(self) -> str:
+        """The text of a call that does not parse: sent as content, so the client sees what
+        the model wrote instead of an empty reply."""
+        return self.call_text if self.in_call and not self.tool_calls() else ""
+
     def finish_reason(self, reason: str) -> str:
         return "tool_calls" if reason == "stop" and self.tool_calls() else reason
 
     def message(self) -> dict:
         calls = self.tool_calls()
-        content = self.content
+        content = self.content + self.unparsed_call()
         if calls and self.served.call_open is None:
             content = hermes_tool_calls(content)[1]
         msg: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
@@ -332,14 +352,20 @@ def _sse(obj: dict) -> str:
 
 async def _events(request: Request, q: asyncio.Queue, gens: list[Generation]):
     """Events until every generation has finished; cancels them all if the client leaves."""
-    left = len(gens)
+    left, checked = len(gens), time.monotonic()
     try:
         while left:
             try:
                 ev = await asyncio.wait_for(q.get(), timeout=1.0)
             except asyncio.TimeoutError:
+                ev = None
+            # A client that hung up is noticed within a second whether or not tokens flow
+            # (a non-streaming request has no write to fail on).
+            if time.monotonic() - checked > 1.0 or ev is None:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     return
+            if ev is None:
                 continue
             if ev[3] is not None:
                 left -= 1
@@ -379,6 +405,7 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
             "status": "ok",
             "model": served.name,
             "running": b.running,
+            "in_flight": b.in_flight,  # running + waiting; 0 when idle (else a slot leaked)
             "generated_tokens": b.generated,
             "waiting": b.waiting.qsize(),
         }
@@ -438,6 +465,8 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
                     yield chunk(i, {"content": new})
                 if finish:
                     calls = states[i].tool_calls()
+                    if states[i].unparsed_call():
+                        yield chunk(i, {"content": states[i].unparsed_call()})
                     if calls:
                         yield chunk(i, {"tool_calls": calls})
                     yield chunk(i, {}, states[i].finish_reason(finish))

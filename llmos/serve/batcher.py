@@ -11,8 +11,10 @@ what it generates does not depend on who else is in the batch.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +41,7 @@ class Request:
     stop_ids: frozenset[int] = frozenset()
     hidden_ids: frozenset[int] = frozenset()  # tokens that produce no text (special tokens)
     logit_bias: dict[int, float] = field(default_factory=dict)  # added to the logits
+    deadline: float = math.inf  # time.monotonic() after which it ends with "length"
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -131,36 +134,55 @@ class Batcher:
                 return
             if req is None:
                 continue
-            if req.cancelled:
+            if req.cancelled or time.monotonic() > req.deadline:
+                if not req.cancelled:
+                    req.emit(None, "", "length")  # its time ran out while it waited
                 self._done()
                 continue
-            # Prefill between decode steps: the running rows wait for this one prompt (a long
-            # prompt delays their next token by its prefill time), but the new request starts
-            # without waiting for any of them to finish, which is what keeps time to first
-            # token low under load (Orca's iteration-level scheduling).
-            b = self.rows.index(None)
-            s = req.sampling
-            text = TextState(self.engine.tok, s.stop, req.hidden_ids)
-            row = _Row(req, pos=len(req.prompt), text=text)
-            # Per-row state that must not leak between requests: a seeded request gets its own
-            # generator, and the repetition penalty its own record of the tokens seen.
-            if s.seed is not None:
-                row.gen = torch.Generator().manual_seed(s.seed)
-            if s.repetition_penalty != 1.0:
-                row.seen = torch.zeros(1, self.decoder.cfg.vocab_size, dtype=torch.bool)
-                row.seen[0, req.prompt] = True
-            self.rows[b] = row
-            # The row's slice of the shared cache is a view, so the prefill writes the prompt's
-            # keys and values straight into row b; whatever the previous tenant left beyond
-            # the prompt is never read (each row attends only up to its own position).
-            x = torch.tensor([req.prompt])
-            logits = self.decoder(x, cache=self.cache.row(b), last_only=True)[:, -1]
-            self._advance([b], logits)
+            try:
+                self._prefill(req)
+            except Exception as e:  # this request's fault or not, it ends only this request
+                log.exception("prefill failed")
+                req.emit(None, f"internal error: {type(e).__name__}", "error")
+                rows = [b for b, r in enumerate(self.rows) if r is not None and r.req is req]
+                if rows:
+                    self._free(rows[0])
+                else:
+                    self._done()
+
+    def _prefill(self, req: Request) -> None:
+        """Take a free row for `req`, prefill its prompt and sample its first token."""
+        # Prefill between decode steps: the running rows wait for this one prompt (a long
+        # prompt delays their next token by its prefill time), but the new request starts
+        # without waiting for any of them to finish, which is what keeps time to first
+        # token low under load (Orca's iteration-level scheduling).
+        b = self.rows.index(None)
+        s = req.sampling
+        text = TextState(self.engine.tok, s.stop, req.hidden_ids)
+        row = _Row(req, pos=len(req.prompt), text=text)
+        # Per-row state that must not leak between requests: a seeded request gets its own
+        # generator, and the repetition penalty its own record of the tokens seen.
+        if s.seed is not None:
+            row.gen = torch.Generator().manual_seed(s.seed % 2**64)
+        if s.repetition_penalty != 1.0:
+            row.seen = torch.zeros(1, self.decoder.cfg.vocab_size, dtype=torch.bool)
+            row.seen[0, req.prompt] = True
+        self.rows[b] = row
+        # The row's slice of the shared cache is a view, so the prefill writes the prompt's
+        # keys and values straight into row b; whatever the previous tenant left beyond
+        # the prompt is never read (each row attends only up to its own position).
+        x = torch.tensor([req.prompt])
+        logits = self.decoder(x, cache=self.cache.row(b), last_only=True)[:, -1]
+        self._advance([b], logits)
 
     def _step(self) -> None:
         """One decode step for every running row (idle rows below the highest run along)."""
+        now = time.monotonic()
         for b, row in enumerate(self.rows):
             if row is not None and row.req.cancelled:
+                self._free(b)
+            elif row is not None and now > row.req.deadline:  # out of time: end it as if
+                row.req.emit(None, row.text.flush(), "length")  # out of tokens
                 self._free(b)
         live = [b for b, row in enumerate(self.rows) if row is not None]
         if not live:
@@ -185,7 +207,7 @@ class Batcher:
         with self.lock:
             self.in_flight -= 1
 
-    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int | None]:
         """Next tokens. Rows with the same settings and no generator of their own (no seed)
         sample in one call; a seeded row uses its own generator, so its draw does not depend
         on its neighbours."""
@@ -205,8 +227,12 @@ class Batcher:
             groups.setdefault(key, []).append(k)
         for ks in groups.values():
             row = rows[ks[0]]
-            picked = sample_next(logits[ks], row.req.sampling, row.gen, row.seen)
-            for k, t in zip(ks, picked.tolist()):
+            try:
+                picked = sample_next(logits[ks], row.req.sampling, row.gen, row.seen).tolist()
+            except Exception:  # rows whose settings fail the sampler end; the others go on
+                log.exception("sampling failed")
+                picked = [None] * len(ks)
+            for k, t in zip(ks, picked):
                 out[k] = t
         return out
 
@@ -216,6 +242,10 @@ class Batcher:
         rows = [self.rows[b] for b in live]
         for b, row, t in zip(live, rows, self._sample(rows, logits.float())):
             req, s = row.req, row.req.sampling
+            if t is None:
+                req.emit(None, "internal error: sampling failed", "error")
+                self._free(b)
+                continue
             if row.seen is not None:
                 row.seen[0, t] = True
             row.n += 1

@@ -29,13 +29,51 @@ def error_body(e: APIError) -> dict:
     return {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}
 
 
+MAX_BODY_BYTES = 8 << 20  # 8 MiB: far above any prompt the context holds
+MAX_DEPTH = 32  # nesting of JSON arrays and objects; real requests use 5 or so
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_json(data: Any, where: str = "body") -> None:
+    """Reject what parses as JSON but cannot be used or stored: nesting deeper than MAX_DEPTH
+    and strings that are not valid Unicode (JSON's \\ud800 escapes decode to lone surrogates,
+    which no UTF-8 encoder, tokenizer or database accepts)."""
+    todo = [(data, where, 0)]
+    while todo:
+        x, path, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise APIError(400, f"{path}: JSON nested more than {MAX_DEPTH} levels deep")
+        if isinstance(x, dict):
+            todo += [(k, f"{path} (a key)", depth + 1) for k in x]
+            todo += [(v, f"{path}.{k}"[:200], depth + 1) for k, v in x.items()]
+        elif isinstance(x, list):
+            todo += [(v, f"{path}.{i}", depth + 1) for i, v in enumerate(x)]
+        elif isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, f"{path}: not valid Unicode (a lone surrogate)") from None
+
+
 async def read_body(request: Request, cls: type[BaseModel]) -> Any:
+    """The request's JSON body as `cls`, or a 400/413 in OpenAI's shape saying what is wrong."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise APIError(413, f"The request body is larger than {MAX_BODY_BYTES >> 20} MiB.")
     try:
-        data = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(bytes(raw), parse_constant=_reject_constant)
+    except RecursionError:
+        raise APIError(400, f"JSON nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN and Infinity
         raise APIError(400, f"We could not parse the JSON body of your request: {e}") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.")
+    check_json(data)
     try:
         return cls.model_validate(data)
     except ValidationError as e:

@@ -64,8 +64,13 @@ class ChatStore:
         row = (
             cid,
             old["title"] if title is None else title,
-            json.dumps(old["messages"] if messages is None else messages, ensure_ascii=False),
-            json.dumps(old["settings"] if settings is None else settings),
+            # allow_nan=False: only standard JSON goes in, so what is stored always reads back
+            json.dumps(
+                old["messages"] if messages is None else messages,
+                ensure_ascii=False,
+                allow_nan=False,
+            ),
+            json.dumps(old["settings"] if settings is None else settings, allow_nan=False),
             old["created"],
             now,
         )
