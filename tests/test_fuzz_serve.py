@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from llmos.serve.api import ServeConfig, create_app
 
-from .test_serve import start_server
+from .conftest import start_server
 
 N_REQUESTS = int(os.environ.get("LLMOS_FUZZ_REQUESTS", 5000))  # more: a longer fuzz
 

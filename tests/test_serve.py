@@ -3,15 +3,12 @@ and concurrent streams for continuous batching. The model is the tiny assistant 
 (fine-tuned on one calculator conversation), so tool calls are real model output."""
 
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from llmos.agent.loop import assistant_turn
 from llmos.chat_format import render
@@ -20,9 +17,8 @@ from llmos.infer.engine import Engine, SamplingConfig
 from llmos.serve.api import ServeConfig, create_app
 from llmos.tokenizer import Tokenizer
 
-from .conftest import CONVERSATION
+from .conftest import CONVERSATION, KEY, start_server
 
-KEY = "test-key"
 CALCULATOR = {
     "type": "function",
     "function": {
@@ -35,32 +31,6 @@ CALCULATOR = {
         },
     },
 }
-
-
-def start_server(app) -> tuple[str, uvicorn.Server]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                return url, server
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
-
-
-@pytest.fixture(scope="module")
-def server(assistant, tmp_path_factory):
-    _, model_dir = assistant
-    c = ServeConfig(api_key=KEY, db=str(tmp_path_factory.mktemp("db") / "chats.sqlite"))
-    c.max_batch, c.max_tokens = 8, 512
-    url, srv = start_server(create_app(model_dir, c))
-    yield url, model_dir.resolve().name, model_dir
-    srv.should_exit = True
 
 
 @pytest.fixture
