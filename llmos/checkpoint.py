@@ -4,11 +4,21 @@ A model directory holds config.json, model.safetensors (HF names), tokenizer.jso
 tokenizer_config.json and generation_config.json. Training state (optimizer, step, data
 position, RNG) lives beside it in train_state.pt, never inside the weights. Every file is
 written to a temporary name and renamed, so a crash mid-write leaves the previous file intact.
+
+A training run's checkpoint is one unit (`save_checkpoint`): the weights and the training state
+of a step are written into `checkpoints/step-N/` under a temporary name, the directory is
+renamed into place, and then one symlink, `checkpoint`, is swapped to point at it. The run
+directory's `model.safetensors` and `train_state.pt` are fixed symlinks through `checkpoint`,
+so a reader (and a kill -9 at any instant) always sees weights and state of the same step, and
+the run directory stays a model directory that transformers, llama.cpp's converter and
+`llmos sample` load as they are.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -37,8 +47,12 @@ def save_weights(model: Transformer, path: str | Path, metadata: dict | None = N
 def save_model_dir(model: Transformer, tok: Tokenizer, out: str | Path, step: int = 0) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
     save_weights(model, out / "model.safetensors", {"step": step})
+    _save_model_files(model.cfg, tok, out)
+
+
+def _save_model_files(cfg: ModelConfig, tok: Tokenizer, out: Path) -> None:
+    """Everything of a model directory but the weights (the same at every step)."""
     cfg.save(out / "config.json")
     tok.save(out, model_max_length=cfg.max_position_embeddings)
     gen = {
@@ -104,8 +118,63 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> Tra
     return model.eval()
 
 
-def save_state(path: str | Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _symlink(target: str, link: Path) -> None:
+    """Point `link` at `target`, atomically: a new link under a temporary name renamed over."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def save_checkpoint(model: Transformer, tok: Tokenizer, out: str | Path, state: dict) -> None:
+    """One step's weights and training state as one unit (see the module's docstring)."""
+    out = Path(out)
+    step = state["step"]
+    name = f"step-{step:07d}"
+    steps = out / "checkpoints"
+    steps.mkdir(parents=True, exist_ok=True)
+    if (steps / name).exists():  # this step is saved already (a stop right after a save)
+        return
+    _save_model_files(model.cfg, tok, out)  # the same at every step: before the first link
+    tmp = steps / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_weights(model, tmp / "model.safetensors", {"step": step})
+    atomic_write(tmp / "train_state.pt", lambda f: torch.save(state, f))
+    _fsync(tmp)
+    os.rename(tmp, steps / name)  # the step is complete on disk ...
+    _fsync(steps)
+    _symlink(f"checkpoints/{name}", out / "checkpoint")  # ... and now it is the checkpoint
+    for f in ("model.safetensors", "train_state.pt"):
+        if not (out / f).is_symlink():  # first checkpoint (or a run from before this layout)
+            _symlink(f"checkpoint/{f}", out / f)
+    _fsync(out)
+    for old in steps.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_partial_writes(out: str | Path) -> list[Path]:
+    """Remove what a killed write left in a run directory (temporary files, a step directory
+    never renamed into place, steps no longer pointed at); returns what was removed."""
+    out = Path(out)
+    current = (out / "checkpoint").resolve() if (out / "checkpoint").is_symlink() else None
+    gone = [*out.glob(".*.tmp"), *(out / "checkpoints").glob(".*.tmp")]
+    gone += [d for d in (out / "checkpoints").glob("step-*") if d.resolve() != current]
+    for p in gone:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return gone
 
 
 def load_state(path: str | Path) -> dict:

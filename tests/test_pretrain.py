@@ -71,7 +71,8 @@ def test_model_bits_equals_full_forward(corpus_dir, tmp_path, tok):
             assert abs(bits - want) < 1e-3
 
 
-def test_ctrl_c_saves_and_resume_finishes(corpus_dir, tmp_path):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_and_resume_finishes(corpus_dir, tmp_path, sig):
     import os
     import signal
     import subprocess
@@ -107,7 +108,7 @@ def test_ctrl_c_saves_and_resume_finishes(corpus_dir, tmp_path):
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, sig))
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 0, stderr.decode()[-2000:]
     assert b"continue with --resume" in stdout
@@ -115,3 +116,98 @@ def test_ctrl_c_saves_and_resume_finishes(corpus_dir, tmp_path):
     assert state["step"] >= 3
     assert len(losses(out)) == state["step"]
     load_model(out)  # the checkpoint written on Ctrl-C loads
+
+
+def test_a_finished_run_resumes_to_nothing_and_extends(corpus_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    pretrain(config(corpus_dir, max_steps=6), out)
+    before = (out / "model.safetensors").read_bytes()
+    pretrain(config(corpus_dir, max_steps=6), out, resume=True)
+    assert "nothing to do" in capsys.readouterr().out
+    assert (out / "model.safetensors").read_bytes() == before and len(losses(out)) == 6
+    pretrain(config(corpus_dir, max_steps=9), out, resume=True)  # extended by 3 steps
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 10))
+    # The extension trains at the minimum LR of the original 6-step schedule.
+    assert [r["lr"] for r in rows[6:]] == pytest.approx([3e-4] * 3)
+    with pytest.raises(ResumeError, match="lr: 0.003 -> 0.001"):
+        pretrain(config(corpus_dir, max_steps=12, lr=1e-3), out, resume=True)
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_in_place(corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    c = config(corpus_dir, max_steps=4)
+    (out / "run.json").write_text(json.dumps({"config": __import__("dataclasses").asdict(c)}))
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    (out / ".model.safetensors.x1.tmp").write_bytes(b"half")  # a killed write
+    pretrain(c, out, resume=True)
+    assert len(losses(out)) == 4 and not list(out.glob(".*.tmp"))
+    load_model(out)
+
+
+def test_kill_9_never_leaves_a_broken_checkpoint(corpus_dir, tmp_path):
+    """kill -9 at random moments, most of them inside checkpoint writes (one every step): after
+    each kill the run loads, weights and state are of the same step, and the next start leaves
+    no temporary files behind and continues."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    flags = ["--preset", "nano", "--corpus", str(corpus_dir / "*.txt"), "--vocab-size", "320"]
+    flags += ["--seq-len", "32", "--batch-size", "4", "--eval-every", "100000"]
+    flags += ["--checkpoint-every", "1", "--max-steps", "100000", "--out", str(out)]
+    rng, kills, steps = random.Random(0), 0, []
+    for _ in range(8):
+        cmd = [sys.executable, "-m", "llmos.cli", "pretrain", *flags]
+        cmd += ["--resume"] if (out / "run.json").exists() else []
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Wait for training to start (torch's import takes seconds), then kill at a random
+        # moment: with a checkpoint every step, most moments fall inside a write.
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            m = out / "metrics.jsonl"
+            if m.exists() and len(m.read_text().splitlines()) > (steps[-1] if steps else 0):
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.0))
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        kills += 1
+        if not (out / "train_state.pt").exists():
+            continue  # killed before the first checkpoint: the next start begins again
+        state = torch.load(out / "train_state.pt", weights_only=False)
+        with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+            assert int(f.metadata()["step"]) == state["step"]
+        load_model(out)
+        steps.append(state["step"])
+    assert kills == 8 and len(steps) >= 6 and steps == sorted(steps), steps
+    # The next start cleans up after the last kill and trains on.
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmos.cli",
+            "pretrain",
+            *flags[:-4],
+            "--max-steps",
+            str(steps[-1] + 2),
+            "--out",
+            str(out),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    leftovers = [*out.rglob("*.tmp"), *out.rglob(".*")]
+    assert not leftovers, leftovers
+    assert len(list((out / "checkpoints").iterdir())) == 1

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from llmos import runs
-from llmos.checkpoint import load_state, save_model_dir, save_state
+from llmos.checkpoint import clean_partial_writes, load_state, save_checkpoint
 from llmos.common import LlmosError, arg, device, write_json
 from llmos.model import Transformer
 
@@ -76,11 +76,12 @@ def to_device(batch, dev: torch.device):
     return batch
 
 
-def lr_at(step: int, c: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio·lr (Loshchilov & Hutter 2017)."""
+def lr_at(step: int, c: TrainConfig, horizon: int | None = None) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio·lr (Loshchilov & Hutter 2017) over
+    `horizon` steps (c.max_steps). A run extended past its horizon goes on at the minimum."""
     if step < c.warmup_steps:
         return c.lr * (step + 1) / c.warmup_steps
-    t = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
+    t = (step - c.warmup_steps) / max(1, (horizon or c.max_steps) - c.warmup_steps)
     return c.lr * (
         c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1)))
     )
@@ -119,9 +120,17 @@ def _set_rng_state(s: dict) -> None:
 
 
 def _check_resume(out: Path, c: TrainConfig) -> None:
-    saved = json.loads((out / "run.json").read_text())["config"]
+    try:
+        saved = json.loads((out / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ResumeError(f"{out / 'run.json'}: unreadable ({e})") from None
     now = dataclasses.asdict(c)
-    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    # max_steps may change: raising it extends a run (finished or not).
+    diff = [
+        f"{k}: {saved.get(k)!r} -> {v!r}"
+        for k, v in now.items()
+        if saved.get(k) != v and k != "max_steps"
+    ]
     if diff:
         raise ResumeError(
             f"{out / 'run.json'}: --resume with a different config; fields that differ: "
@@ -129,22 +138,42 @@ def _check_resume(out: Path, c: TrainConfig) -> None:
         )
 
 
-def check_start(out: Path, c: TrainConfig, resume: bool) -> None:
-    """Refuse a resume with nothing (or a different config) to resume, and a silent overwrite."""
+def check_start(out: Path, c: TrainConfig, resume: bool) -> bool:
+    """Refuse a resume with a different config and a silent overwrite; clean what a killed
+    write left behind. True when there is nothing to do: a --resume of a run that has already
+    trained c.max_steps steps (it says so). A --resume of a run killed before its first
+    checkpoint starts it again from step 0."""
     state_path = out / "train_state.pt"
+    if out.is_dir():
+        gone = clean_partial_writes(out)
+        if gone:
+            print(f"removed {len(gone)} leftovers of an interrupted write in {out}")
     if resume:
         if not state_path.exists():
-            raise ResumeError(f"{state_path}: nothing to resume (no training state)")
+            if not (out / "run.json").exists():
+                raise ResumeError(f"{state_path}: nothing to resume (no training state)")
+            _check_resume(out, c)
+            print(f"{out}: stopped before its first checkpoint; starting again from step 0")
+            return False
         _check_resume(out, c)
+        step = load_state(state_path)["step"]
+        if step >= c.max_steps:
+            print(
+                f"{out}: already trained {step} steps (--max-steps {c.max_steps}); nothing to "
+                "do. Raise --max-steps to train on."
+            )
+            return True
     elif state_path.exists():
         raise ResumeError(f"{out} already holds a run; pass --resume or choose another --out")
+    return False
 
 
 @contextlib.contextmanager
 def _ctrl_c_ends_the_step():
-    """Ctrl-C (SIGINT) lets the current step finish, then the loop saves and stops; a second
-    Ctrl-C stops at once. A KeyboardInterrupt at an arbitrary point could leave a lock or a
-    file half-written; a flag checked between steps cannot."""
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's or `kill`'s polite stop) lets the current step
+    finish, then the loop saves and stops; a second one stops at once. A KeyboardInterrupt at
+    an arbitrary point could leave a lock or a file half-written; a flag checked between steps
+    cannot."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
@@ -155,11 +184,12 @@ def _ctrl_c_ends_the_step():
         if len(hits) > 1:
             raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield lambda: bool(hits)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def train_loop(
@@ -184,11 +214,11 @@ def train_loop(
     dev = device()
     model.to(dev)
     state_path = out / "train_state.pt"
-    step, flops = 0, 0.0
+    step, flops, horizon = 0, 0.0, c.max_steps
     # Training FLOPs per token: 6N (forward 2N, backward 4N; Kaplan et al. 2020), N the
     # parameters that cost a multiply-add per token (all but the input embedding).
     flops_per_token = 6 * model.cfg.n_params_no_embedding
-    if resume:
+    if resume and state_path.exists():
         state = load_state(state_path)
         # The state holds the trainable tensors itself (all weights, or LoRA's adapters), so
         # it is complete on its own whatever happened to model.safetensors after it.
@@ -204,7 +234,11 @@ def train_loop(
         loader.load_state(state["loader"])
         _set_rng_state(state["rng"])
         step, flops = state["step"], state.get("flops", 0.0)
+        # The LR schedule keeps the horizon it started with: raising --max-steps extends the
+        # run at the minimum LR instead of jumping back up the cosine.
+        horizon = state.get("horizon", c.max_steps)
         runs.truncate_metrics(out, step)
+        write_json(out / "run.json", {"config": dataclasses.asdict(c), "kind": kind})
         print(f"resuming from step {step}")
     else:
         opt = make_optimizer(model, c)
@@ -213,7 +247,6 @@ def train_loop(
         write_json(out / "run.json", {"config": dataclasses.asdict(c), "kind": kind})
 
     def checkpoint():
-        save_model_dir(export(model), tok, out, step=step)
         trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         state = {
             "step": step,
@@ -222,8 +255,9 @@ def train_loop(
             "loader": loader.state(),
             "rng": _rng_state(),
             "trainable": trainable,
+            "horizon": horizon,
         }
-        save_state(state_path, state)
+        save_checkpoint(export(model), tok, out, state)
 
     model.train()
     bar = tqdm(total=c.max_steps, initial=step, desc=kind, unit="step", dynamic_ncols=True)
@@ -232,7 +266,7 @@ def train_loop(
     t_last, tokens_since = time.time(), 0
     with _ctrl_c_ends_the_step() as interrupted:
         while step < c.max_steps and not interrupted():
-            lr = lr_at(step, c)
+            lr = lr_at(step, c, horizon)
             for g in opt.param_groups:
                 g["lr"] = lr
             # Gradient accumulation: grad_accum micro-batches add their gradients, each loss

@@ -66,7 +66,8 @@ def prepare_tokenizer(c: PretrainConfig, train_docs, val_docs, vocab_size: int) 
 def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: int | None = None):
     """Train and return the run directory. `stop_at` ends early after that step (as Ctrl-C)."""
     out = Path(out)
-    check_start(out, c, resume)
+    if check_start(out, c, resume):
+        return out
     t_start = time.time()
     torch.manual_seed(c.seed)
 

@@ -110,7 +110,8 @@ class PackedLoader:
 def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
     """Fine-tune c.base on c.data into `out` (a model directory and run directory)."""
     out = Path(out)
-    check_start(out, c, resume)
+    if check_start(out, c, resume):
+        return out
     t0 = time.time()
     torch.manual_seed(c.seed)
     model, tok = load_model(c.base), Tokenizer.load(c.base)
