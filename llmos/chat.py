@@ -22,8 +22,8 @@ from llmos.tokenizer import Tokenizer
 class ChatConfig:
     model_dir: str = arg("", "the model directory to chat with", positional=True)
     system: str = arg("", "custom instructions (a system message)")
-    temperature: float = arg(0.7, "sampling temperature; 0 is greedy")
-    max_new_tokens: int = arg(256, "the longest reply, in tokens")
+    temperature: float = arg(0.7, "sampling temperature; 0 is greedy", lo=0, hi=100)
+    max_new_tokens: int = arg(256, "the longest reply, in tokens", lo=1)
     dtype: str = arg("fp32", "weights in the engine", choices=list(DTYPES))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmos.chat import ChatConfig, chat
-from llmos.common import LlmosError, set_threads
+from llmos.common import LlmosError, check_config, check_value, field_meta, set_threads
 from llmos.config import list_presets
 from llmos.convert import (
     ExportConfig,
@@ -81,20 +81,29 @@ VERBS = {
 }
 
 
-def field_help(cls, name: str) -> dict:
-    """A field's metadata; a field a subclass declares again only to change its default
-    takes the help of the base class's field."""
-    for klass in cls.__mro__:
-        for f in dataclasses.fields(klass) if dataclasses.is_dataclass(klass) else []:
-            if f.name == name and f.metadata.get("help"):
-                return f.metadata
-    return {}
+def _checked(parse, name: str, meta: dict):
+    """An argparse type that parses and checks the field's bounds, so `--max-steps 0` is
+    refused before anything runs, with the flag named."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {parse.__name__}") from None
+        try:
+            check_value(name, value, {**meta, "choices": None})  # argparse checks choices
+        except LlmosError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+        return value
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def add_config_flags(p: argparse.ArgumentParser, cls) -> None:
     """One argument per field of a config dataclass: positional, or a kebab-case flag."""
     for f in dataclasses.fields(cls):
-        meta = field_help(cls, f.name)
+        meta = field_meta(cls, f.name)
         default = f.default_factory() if callable(f.default_factory) else f.default
         text = meta.get("help", "")
         kw: dict = {"choices": meta.get("choices")}
@@ -108,7 +117,7 @@ def add_config_flags(p: argparse.ArgumentParser, cls) -> None:
         elif kind.startswith("list"):
             kw["action"] = "append"
         else:
-            kw["type"] = {"int": int, "float": float}.get(kind, str)
+            kw["type"] = _checked({"int": int, "float": float}.get(kind, str), f.name, meta)
         if meta.get("required"):
             p.add_argument(flag, required=True, help=text, **kw)
         else:
@@ -145,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     c = v.config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(v.config)})
     set_threads()
     try:
+        check_config(c)
         if v.out is None:
             v.run(c)
         elif v.resume:

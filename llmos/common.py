@@ -131,13 +131,45 @@ def arg(
     positional: bool = False,
     required: bool = False,
     choices=None,
+    lo: float | None = None,
+    hi: float | None = None,
 ):
     """A config dataclass field whose `help` is what its command-line flag's --help says.
 
     `positional` makes it an argument without a flag (a model directory), `required` a flag
     that must be given; a list default is copied per instance and its flag repeats
-    (`--stop A --stop B`)."""
+    (`--stop A --stop B`). `lo` and `hi` bound a number (inclusive): `check_config` and the
+    command line refuse values outside them."""
     meta = {"help": help, "positional": positional, "required": required, "choices": choices}
+    meta |= {"lo": lo, "hi": hi}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def field_meta(cls, name: str) -> dict:
+    """A config field's metadata; a field a subclass declares again only to change its default
+    takes the metadata of the base class's field."""
+    for klass in cls.__mro__:
+        for f in dataclasses.fields(klass) if dataclasses.is_dataclass(klass) else []:
+            if f.name == name and f.metadata.get("help"):
+                return f.metadata
+    return {}
+
+
+def check_value(name: str, value, meta: dict) -> None:
+    """LlmosError naming the flag when `value` is outside the field's bounds or choices."""
+    flag = "--" + name.replace("_", "-")
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+            where = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise LlmosError(f"{flag}: {value} is out of range; it must be {where}")
+    if choices and value not in choices:
+        raise LlmosError(f"{flag}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def check_config(c) -> None:
+    """Every field of a config dataclass within its bounds (see `arg`)."""
+    for f in dataclasses.fields(c):
+        check_value(f.name, getattr(c, f.name), field_meta(type(c), f.name))

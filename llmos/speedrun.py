@@ -31,9 +31,9 @@ from llmos.train.sft import SFTConfig, sft
 @dataclass
 class SpeedrunConfig:
     preset: str = arg("micro", "model shape (llmos presets lists them)", choices=list(PRESETS))
-    pretrain_steps: int = arg(1000, "pretraining steps")
-    batch_size: int = arg(16, "pretraining rows of 256 tokens per step")
-    sft_steps: int = arg(600, "fine-tuning steps")
+    pretrain_steps: int = arg(1000, "pretraining steps", lo=1)
+    batch_size: int = arg(16, "pretraining rows of 256 tokens per step", lo=1)
+    sft_steps: int = arg(600, "fine-tuning steps", lo=1)
     sft_data: str = arg(
         "identity:1,arithmetic:3,spelling:1,knowledge:0.3",
         "fine-tuning data: tasks and JSONL files, comma-separated name[:weight]",
@@ -41,9 +41,9 @@ class SpeedrunConfig:
     # LoRA, not full fine-tuning: full fine-tuning overwrote the lookup of facts stored in
     # pretraining (held-out knowledge 0%); LoRA learns the format and forgets less
     # (Biderman et al. 2024, "LoRA Learns Less and Forgets Less").
-    sft_lora_rank: int = arg(16, "LoRA rank of fine-tuning; 0: every weight trains")
-    sft_lr: float = arg(2e-3, "fine-tuning peak learning rate")
-    eval_n: int = arg(40, "held-out questions per task")
+    sft_lora_rank: int = arg(16, "LoRA rank of fine-tuning; 0: every weight trains", lo=0)
+    sft_lr: float = arg(2e-3, "fine-tuning peak learning rate", lo=0)
+    eval_n: int = arg(40, "held-out questions per task", lo=1)
     seed: int = arg(0, "seed of every stage")
 
 

@@ -74,7 +74,8 @@ def test_bible_chapters():
 
 def test_bad_conversation_lines_are_named(tmp_path):
     p = tmp_path / "conv.jsonl"
-    good = json.dumps({"messages": [{"role": "user", "content": "Hello there"}]})
+    hello = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi"}]
+    good = json.dumps({"messages": hello})
     p.write_text(good + "\n" + json.dumps({"text": "not a conversation"}) + "\n")
     with pytest.raises(CorpusError, match=f"{p}:2"):
         read_conversations(p)

@@ -150,8 +150,11 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
             continue
         try:
             rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            json.dumps(rec, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
+        except (json.JSONDecodeError, UnicodeError) as e:
             raise CorpusError(f"{path}:{n}: not valid JSON in UTF-8 ({e})") from None
+        except RecursionError:
+            raise CorpusError(f"{path}:{n}: JSON nested too deeply") from None
         if not isinstance(rec, dict):
             raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
         out.append((n, rec))
@@ -168,14 +171,20 @@ def read_jsonl_docs(path: str | Path) -> list[Doc]:
 
 
 def read_conversations(path: str | Path) -> list[dict]:
-    """`{"messages": [...]}` records of a JSONL file; a bad line is named by file and line."""
+    """`{"messages": [...]}` records of a JSONL file to train on; a bad line is named by file
+    and line. Each needs an assistant message: only assistant tokens are learned, so a
+    conversation without one would train nothing and hide a mistake in the data."""
     out = []
     for n, rec in read_jsonl(path):
         try:
             check_conversation(rec.get("messages"), f"{path}:{n}")
         except ConversationError as e:
             raise CorpusError(str(e)) from None
+        if not any(m.get("role") == "assistant" for m in rec["messages"]):
+            raise CorpusError(f"{path}:{n}: no assistant message (nothing to learn from)")
         out.append(rec)
+    if not out:
+        raise CorpusError(f"{path}: no conversations")
     return out
 
 

@@ -163,8 +163,12 @@ class TokenLoader:
 @dataclass
 class TokenizerTrainConfig:
     corpus: str = arg("default", "names, text files, globs or JSONL files, comma-separated")
-    vocab_size: int = arg(4096, "tokens in the vocabulary (256 bytes + 16 special + merges)")
-    val_fraction: float = arg(0.05, "share of the documents held out (bytes/token is on these)")
+    vocab_size: int = arg(
+        4096, "tokens in the vocabulary (256 bytes + 16 special + merges)", lo=272
+    )
+    val_fraction: float = arg(
+        0.05, "share of the documents held out (bytes/token is on these)", lo=0, hi=0.9
+    )
     out: str = arg("", "the directory to write tokenizer.json into", required=True)
 
 

@@ -25,19 +25,21 @@ from llmos.tokenizer import Tokenizer
 
 @dataclass
 class SamplingConfig:
-    temperature: float = arg(0.8, "divide the logits by this; 0 is greedy")
-    top_k: int = arg(0, "sample from the k most likely tokens only; 0: off")
+    temperature: float = arg(0.8, "divide the logits by this; 0 is greedy", lo=0, hi=100)
+    top_k: int = arg(0, "sample from the k most likely tokens only; 0: off", lo=0)
     top_p: float = arg(
         1.0,
         "nucleus sampling (Holtzman et al. 2019): the smallest set of "
         "tokens whose probability reaches top_p; 1: off",
+        lo=0,
+        hi=1,
     )
-    min_p: float = arg(0.0, "drop tokens below min_p times the top probability; 0: off")
+    min_p: float = arg(0.0, "drop tokens below min_p times the top probability; 0: off", lo=0, hi=1)
     repetition_penalty: float = arg(
-        1.0, "CTRL's penalty (Keskar et al. 2019) on tokens already seen; 1: off"
+        1.0, "CTRL's penalty (Keskar et al. 2019) on tokens already seen; 1: off", lo=0.01, hi=100
     )
     seed: int | None = arg(None, "seed of the sampler; none: a different draw every time")
-    max_new_tokens: int = arg(256, "tokens to generate at most")
+    max_new_tokens: int = arg(256, "tokens to generate at most", lo=1)
     stop: list[str] = arg([], "a stop string, not included in the text (repeatable)")
 
 

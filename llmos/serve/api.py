@@ -48,19 +48,21 @@ from llmos.tokenizer import Tokenizer
 class ServeConfig:
     model_dir: str = arg("", "the model directory to serve", positional=True)
     host: str = arg("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
-    port: int = arg(8000, "port to listen on")
+    port: int = arg(8000, "port to listen on", lo=0, hi=65535)
     api_key: str = arg("", 'when set (or LLMOS_API_KEY), /v1 and /api need "Bearer KEY"')
     dtype: str = arg("fp32", "weights in the engine", choices=list(DTYPES))
-    max_batch: int = arg(16, "requests decoded together (KV-cache rows)")
-    context: int = arg(2048, "tokens per request, prompt included (0: the model's context)")
-    max_queue: int = arg(64, "requests waiting beyond max-batch; more get 429")
-    max_tokens: int = arg(2048, "the largest max_tokens a request may ask for")
-    default_max_tokens: int = arg(512, "max_tokens when a request gives none")
-    max_n: int = arg(8, "the largest n (choices per request)")
-    max_prompt_tokens: int = arg(0, "the longest prompt; 0: the context minus one")
+    max_batch: int = arg(16, "requests decoded together (KV-cache rows)", lo=1)
+    context: int = arg(2048, "tokens per request, prompt included (0: the model's context)", lo=0)
+    max_queue: int = arg(64, "requests waiting beyond max-batch; more get 429", lo=0)
+    max_tokens: int = arg(2048, "the largest max_tokens a request may ask for", lo=1)
+    default_max_tokens: int = arg(512, "max_tokens when a request gives none", lo=1)
+    max_n: int = arg(8, "the largest n (choices per request)", lo=1)
+    max_prompt_tokens: int = arg(0, "the longest prompt; 0: the context minus one", lo=0)
     db: str = arg("", "the web chat's SQLite file; empty: chats.sqlite in the llmos cache")
     request_timeout: float = arg(
-        600.0, "seconds a request may take, waiting included; then it ends as if out of tokens"
+        600.0,
+        "seconds a request may take, waiting included; then it ends as if out of tokens",
+        lo=0.001,
     )
 
 

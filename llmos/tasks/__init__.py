@@ -71,7 +71,7 @@ def mixture(spec: str, task_size: int, seed: int) -> list[dict]:
 @dataclass
 class TasksConfig:
     task: str = arg("", "the task", positional=True, choices=list(TASKS))
-    n: int = arg(100, "conversations to write")
+    n: int = arg(100, "conversations to write", lo=1)
     seed: int = arg(0, "seed of the generator")
     split: str = arg(
         "train",

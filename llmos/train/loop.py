@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from llmos import runs
 from llmos.checkpoint import clean_partial_writes, load_state, save_checkpoint
-from llmos.common import LlmosError, arg, device, write_json
+from llmos.common import LlmosError, arg, check_config, device, write_json
 from llmos.model import Transformer
 
 
@@ -43,18 +43,18 @@ class TrainConfig:
     """The optimisation settings every training stage shares. A stage's config extends this
     class (one level, no deeper) and may change a default by declaring the field again."""
 
-    batch_size: int = arg(16, "sequences (rows) per micro-batch")
-    grad_accum: int = arg(1, "micro-batches per optimizer step (the batch is their sum)")
-    max_steps: int = arg(1000, "optimizer steps to train for")
-    lr: float = arg(3e-3, "peak learning rate (AdamW), reached after the warmup")
-    min_lr_ratio: float = arg(0.1, "the cosine decay ends at lr times this")
-    warmup_steps: int = arg(50, "steps of linear warmup from 0 to lr")
-    weight_decay: float = arg(0.1, "AdamW weight decay on matrices (never on norms)")
-    grad_clip: float = arg(1.0, "clip the gradient's global norm to this")
+    batch_size: int = arg(16, "sequences (rows) per micro-batch", lo=1)
+    grad_accum: int = arg(1, "micro-batches per optimizer step (the batch is their sum)", lo=1)
+    max_steps: int = arg(1000, "optimizer steps to train for", lo=1)
+    lr: float = arg(3e-3, "peak learning rate (AdamW), reached after the warmup", lo=0)
+    min_lr_ratio: float = arg(0.1, "the cosine decay ends at lr times this", lo=0, hi=1)
+    warmup_steps: int = arg(50, "steps of linear warmup from 0 to lr", lo=0)
+    weight_decay: float = arg(0.1, "AdamW weight decay on matrices (never on norms)", lo=0)
+    grad_clip: float = arg(1.0, "clip the gradient's global norm to this", lo=0)
     bf16: bool = arg(False, "bf16 autocast for matmuls (weights and optimizer stay fp32)")
-    eval_every: int = arg(100, "evaluate every this many steps (and at the last)")
-    eval_windows: int = arg(64, "val batches per periodic eval; the final eval uses all")
-    checkpoint_every: int = arg(250, "write a checkpoint every this many steps")
+    eval_every: int = arg(100, "evaluate every this many steps (and at the last)", lo=1)
+    eval_windows: int = arg(64, "val batches per periodic eval; the final eval uses all", lo=1)
+    checkpoint_every: int = arg(250, "write a checkpoint every this many steps", lo=1)
     seed: int = arg(0, "seed for initialisation, data order and sampling")
 
 
@@ -143,6 +143,7 @@ def check_start(out: Path, c: TrainConfig, resume: bool) -> bool:
     write left behind. True when there is nothing to do: a --resume of a run that has already
     trained c.max_steps steps (it says so). A --resume of a run killed before its first
     checkpoint starts it again from step 0."""
+    check_config(c)
     state_path = out / "train_state.pt"
     if out.is_dir():
         gone = clean_partial_writes(out)

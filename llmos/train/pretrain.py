@@ -41,9 +41,11 @@ class PretrainConfig(TrainConfig):
         "a model or tokenizer directory to take the tokenizer from; "
         "empty: train one on the corpus (cached)",
     )
-    vocab_size: int = arg(0, "tokens in a trained tokenizer; 0: the preset's")
-    seq_len: int = arg(0, "tokens per training window; 0: the preset's context length")
-    val_fraction: float = arg(0.05, "share of the documents (by hash of their id) held out")
+    vocab_size: int = arg(0, "tokens in a trained tokenizer; 0: the preset's", lo=0)
+    seq_len: int = arg(0, "tokens per training window; 0: the preset's context length", lo=0)
+    val_fraction: float = arg(
+        0.05, "share of the documents (by hash of their id) held out", lo=0, hi=0.9
+    )
 
 
 def prepare_tokenizer(c: PretrainConfig, train_docs, val_docs, vocab_size: int) -> Tokenizer:

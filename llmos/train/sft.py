@@ -34,11 +34,13 @@ class SFTConfig(TrainConfig):
         "identity:1,arithmetic:3,spelling:1",
         "tasks and JSONL files of conversations, comma-separated name[:weight]",
     )
-    task_size: int = arg(1000, "conversations a task generates per unit of weight")
-    seq_len: int = arg(0, "packed row length; 0: the model's context, at most 1024")
-    val_fraction: float = arg(0.05, "share of the conversations held out for the val loss")
-    lora_rank: int = arg(0, "> 0: train LoRA adapters of this rank instead of every weight")
-    lora_alpha: float = arg(16.0, "LoRA scale: the update is alpha / rank · B A")
+    task_size: int = arg(1000, "conversations a task generates per unit of weight", lo=1)
+    seq_len: int = arg(0, "packed row length; 0: the model's context, at most 1024", lo=0)
+    val_fraction: float = arg(
+        0.05, "share of the conversations held out for the val loss", lo=0, hi=0.9
+    )
+    lora_rank: int = arg(0, "> 0: train LoRA adapters of this rank instead of every weight", lo=0)
+    lora_alpha: float = arg(16.0, "LoRA scale: the update is alpha / rank · B A", lo=0)
     # Fine-tuning defaults (help as in TrainConfig): a shorter run on a pretrained model.
     batch_size: int = 8
     max_steps: int = 300
