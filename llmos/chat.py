@@ -2,18 +2,25 @@
 
 llmos models use llmos's conversation format and can call tools (shown as they happen).
 Imported models with a chat template of their own (SmolLM2) are rendered with that template.
+The conversation is saved after every turn (in the llmos cache, under chats/), so a crash or a
+closed terminal loses nothing: `--resume` reopens the last one. Ctrl-C stops the reply being
+written, not the chat.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.agent.loop import assistant_turn
+from llmos.chat_format import ConversationError, check_conversation
 from llmos.checkpoint import load_model
-from llmos.common import LlmosError, arg
+from llmos.common import LlmosError, arg, cache_dir, check_value, write_json
 from llmos.infer.engine import DTYPES, Engine, SamplingConfig
 from llmos.tokenizer import Tokenizer
 
@@ -25,6 +32,7 @@ class ChatConfig:
     temperature: float = arg(0.7, "sampling temperature; 0 is greedy", lo=0, hi=100)
     max_new_tokens: int = arg(256, "the longest reply, in tokens", lo=1)
     dtype: str = arg("fp32", "weights in the engine", choices=list(DTYPES))
+    resume: bool = arg(False, "reopen the last conversation (each one is saved as it goes)")
 
 
 HELP = """commands:
@@ -61,6 +69,20 @@ def show_tool_message(m: dict) -> None:
         sys.stdout.write("assistant> ")
 
 
+def history_dir() -> Path:
+    return cache_dir() / "chats"
+
+
+def load_conversation(path: str | Path) -> list[dict]:
+    """The messages of a conversation saved by /save or the autosave, checked."""
+    try:
+        messages = json.loads(Path(path).read_text())["messages"]
+        check_conversation(messages, str(path))
+    except (ValueError, KeyError, TypeError, ConversationError) as e:
+        raise LlmosError(f"{path}: not a saved conversation ({e})") from None
+    return messages
+
+
 def chat(c: ChatConfig) -> None:
     """The terminal chat: read a message, stream the reply, until /quit or end of input."""
     tok = Tokenizer.load(c.model_dir)
@@ -70,13 +92,26 @@ def chat(c: ChatConfig) -> None:
     s = SamplingConfig(temperature=c.temperature, max_new_tokens=c.max_new_tokens)
     system = c.system
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    autosave = history_dir() / time.strftime("%Y%m%d-%H%M%S.json")
+    if c.resume:
+        saved = sorted(history_dir().glob("*.json"))
+        if not saved:
+            raise LlmosError(f"{history_dir()}: no saved conversation to resume")
+        autosave = saved[-1]
+        messages = load_conversation(autosave)
+        print(f"resumed {autosave} ({len(messages)} messages)")
     print(f"chatting with {c.model_dir} (/help for commands)")
     while True:
-        text = read_message()
+        try:
+            text = read_message()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as in a shell
+            print("\n(Ctrl-D or /quit leaves)")
+            continue
         if text is None or text.strip() == "/quit":
             print()
             return
         cmd, _, rest = text.strip().partition(" ")
+        rest = rest.strip()
         try:
             if cmd == "/help":
                 print(HELP)
@@ -87,12 +122,16 @@ def chat(c: ChatConfig) -> None:
                 messages = [m for m in messages if m["role"] != "system"]
                 messages = ([{"role": "system", "content": system}] if system else []) + messages
             elif cmd == "/temp":
-                s.temperature = float(rest)
+                value = float(rest)
+                check_value("temperature", value, {"lo": 0, "hi": 100})
+                s.temperature = value
+            elif cmd in ("/save", "/load") and not rest:
+                print(f"usage: {cmd} FILE")
             elif cmd == "/save":
-                Path(rest).write_text(json.dumps({"messages": messages}, indent=2))
+                write_json(rest, {"messages": messages})
                 print(f"saved {len(messages)} messages to {rest}")
             elif cmd == "/load":
-                messages = json.loads(Path(rest).read_text())["messages"]
+                messages = load_conversation(rest)
                 print(f"loaded {len(messages)} messages")
             elif cmd.startswith("/"):
                 print(f"unknown command {cmd}; /help lists them")
@@ -101,17 +140,29 @@ def chat(c: ChatConfig) -> None:
         except (OSError, ValueError, KeyError, TypeError, LlmosError) as e:
             # A mistyped command or an unreadable file must not end the conversation.
             print(f"error: {e}")
+        if messages:
+            write_json(autosave, {"messages": messages})
 
 
 def reply(engine: Engine, messages: list[dict], s: SamplingConfig) -> list[dict]:
     """The user's message and the reply, streamed (llmos models run their tool calls)."""
     sys.stdout.write("assistant> ")
-    new = assistant_turn(
-        engine,
-        messages,
-        s,
-        on_message=show_tool_message,
-        on_text=lambda p: (sys.stdout.write(p), sys.stdout.flush()),
-    )
-    print()
+    stop = threading.Event()
+    # Ctrl-C while the reply streams ends the reply at its next token (what was written is
+    # kept); the chat goes on. Outside a reply, Ctrl-C is the prompt's again.
+    main = threading.current_thread() is threading.main_thread()  # signals go to it only
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
+    try:
+        new = assistant_turn(
+            engine,
+            messages,
+            s,
+            on_message=show_tool_message,
+            on_text=lambda p: (sys.stdout.write(p), sys.stdout.flush()),
+            should_stop=stop.is_set,
+        )
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    print(" [stopped]" if stop.is_set() else "")
     return [messages[-1], *new]

@@ -192,3 +192,26 @@ def _render_with_template(tok, messages: list[dict], add_generation_prompt: bool
         ids += (new := tok.encode_with_special_tokens(prompt[len(done) :]))
         mask += [0] * len(new)
     return ids, mask
+
+
+def fit_to_context(tok, messages: list[dict], budget: int) -> tuple[list[dict], int]:
+    """(messages, how many were left out) so the rendered prompt takes at most `budget` tokens.
+
+    The oldest turns go first, whole: what remains starts at a user message, system messages
+    (custom instructions) always stay, and the last user message is never cut. A conversation
+    whose newest message alone is too long raises ConversationError."""
+    system = [m for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+    dropped = 0
+    while True:
+        ids, _ = render(tok, system + rest, add_generation_prompt=True)
+        if len(ids) <= budget:
+            return system + rest, dropped
+        starts = [i for i, m in enumerate(rest) if m.get("role") == "user" and i > 0]
+        if not starts:
+            raise ConversationError(
+                f"the last message alone takes {len(ids)} tokens; the model's context leaves "
+                f"{budget} for the prompt"
+            )
+        dropped += starts[0]
+        rest = rest[starts[0] :]

@@ -4,13 +4,15 @@
 import json
 
 
-def _chat(model_dir, script: str, *flags: str):
+def _chat(model_dir, script: str, *flags: str, env=None):
     """`llmos chat` in a subprocess, typed into through stdin."""
     import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "llmos.cli", "chat", str(model_dir), "--temperature", "0"]
-    return subprocess.run([*cmd, *flags], input=script, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*cmd, *flags], input=script, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_terminal_chat_shows_tool_calls(assistant, tmp_path):
@@ -51,3 +53,49 @@ def test_a_model_without_a_template_is_refused_in_one_line(smollm2, tmp_path):
     r = _chat(tmp_path, "hi\n")
     assert r.returncode == 2 and "no chat template" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_chat_is_autosaved_and_resumes(assistant, tmp_path):
+    import os
+
+    _, out = assistant
+    env = {**os.environ, "LLMOS_CACHE": str(tmp_path / "cache")}
+    script = "What is 1234 * 5678?\n/temp -3\n/save\n/quit\n"
+    r = _chat(out, script, "--max-new-tokens", "60", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "error: --temperature: -3.0 is out of range" in r.stdout and "usage: /save" in r.stdout
+    saved = list((tmp_path / "cache" / "chats").glob("*.json"))
+    assert len(saved) == 1
+    r = _chat(out, f"/save {tmp_path / 'again.json'}\n/quit\n", "--resume", env=env)
+    assert r.returncode == 0 and "resumed" in r.stdout, r.stderr[-2000:]
+    again = json.loads((tmp_path / "again.json").read_text())["messages"]
+    assert again == json.loads(saved[0].read_text())["messages"]
+    assert again[0] == {"role": "user", "content": "What is 1234 * 5678?"}
+
+
+def test_ctrl_c_stops_the_reply_not_the_chat(assistant, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, out = assistant
+    env = {**os.environ, "LLMOS_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "llmos.cli", "chat", str(out), "--temperature", "1.5"]
+    cmd += ["--max-new-tokens", "100000"]  # a reply that would run for minutes
+    p = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    p.stdin.write(b"Tell me everything.\n")
+    p.stdin.flush()
+    time.sleep(8)  # loaded and writing
+    p.send_signal(signal.SIGINT)
+    time.sleep(1)
+    p.stdin.write(b"/quit\n")
+    p.stdin.flush()
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr.decode()[-2000:]
+    assert b"[stopped]" in stdout and b"Traceback" not in stderr
+    saved = json.loads(next((tmp_path / "cache" / "chats").glob("*.json")).read_text())
+    assert [m["role"] for m in saved["messages"]][-1] == "assistant"  # the partial reply kept

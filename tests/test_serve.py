@@ -19,6 +19,8 @@ from llmos.tokenizer import Tokenizer
 
 from .conftest import CONVERSATION, KEY, start_server
 
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
 CALCULATOR = {
     "type": "function",
     "function": {
@@ -259,9 +261,28 @@ def test_web_chat_turn_runs_the_tool_loop_on_the_server(server):
     bad = httpx.post(
         url + "/api/chat",
         json={"messages": [{"role": "wizard"}]},
-        headers={"Authorization": f"Bearer {KEY}"},
+        headers=AUTH,
     )
     assert error_of(bad, 400)["param"] == "messages"
+
+
+def test_web_chat_leaves_out_old_turns_that_do_not_fit(server):
+    url, _, _ = server
+    old = []
+    for i in range(40):  # far more than the tiny model's context
+        old += [
+            {"role": "user", "content": f"Tell me about the number {i} at some length."},
+            {"role": "assistant", "content": f"The number {i} is a number. " * 5},
+        ]
+    system = {"role": "system", "content": "Be brief."}
+    events = chat_turn(url, [system, *old, *ask(CONVERSATION[0]["content"])])
+    notice = [e for e in events if e["type"] == "notice"]
+    assert len(notice) == 1 and "were left out" in notice[0]["message"], events[:3]
+    # The tiny model, trained on one exchange, answers what is left as best it can: a reply.
+    assert [e["message"] for e in events if e["type"] == "message"][-1]["role"] == "assistant"
+    too_long = ask("word " * 5000)
+    r = httpx.post(url + "/api/chat", json={"messages": too_long}, headers=AUTH)
+    assert error_of(r, 400)["code"] == "context_length_exceeded"
 
 
 def test_busy_server_answers_429(assistant, tmp_path):

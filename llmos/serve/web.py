@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from llmos.agent.loop import assistant_turn
-from llmos.chat_format import ConversationError, check_conversation
+from llmos.chat_format import ConversationError, check_conversation, fit_to_context
 from llmos.infer.engine import SamplingConfig
 from llmos.serve.batcher import Batcher
 from llmos.serve.errors import APIError, read_body
@@ -61,8 +61,17 @@ def add_web_chat(app: FastAPI, store: ChatStore, batcher: Batcher) -> None:
             check_conversation(body.messages, "messages")
         except ConversationError as e:
             raise APIError(400, str(e), param="messages") from None
+        # A long chat outgrows a small model's context: the oldest turns are left out (the
+        # page is told), rather than failing every message from then on.
+        max_tokens = min(body.max_tokens, batcher.max_len // 2)
+        try:
+            messages, dropped = fit_to_context(
+                batcher.tok, body.messages, batcher.max_len - max_tokens
+            )
+        except ConversationError as e:
+            raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
         s = SamplingConfig(
-            temperature=body.temperature, top_p=body.top_p, max_new_tokens=body.max_tokens
+            temperature=body.temperature, top_p=body.top_p, max_new_tokens=max_tokens
         )
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         gone = threading.Event()  # the client hung up: the turn stops at its next token
@@ -70,11 +79,18 @@ def add_web_chat(app: FastAPI, store: ChatStore, batcher: Batcher) -> None:
         def emit(event) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
+        if dropped:
+            notice = (
+                f"The first {dropped} messages were left out: the whole conversation does not "
+                f"fit the model's context of {batcher.max_len} tokens."
+            )
+            emit({"type": "notice", "message": notice})
+
         def work() -> None:
             try:
                 assistant_turn(
                     batcher,
-                    body.messages,
+                    messages,
                     s,
                     on_text=lambda piece: emit({"type": "text", "text": piece}),
                     on_message=lambda m: emit({"type": "message", "message": m}),

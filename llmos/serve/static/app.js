@@ -210,7 +210,7 @@ async function streamTurn() {
           bubble(e.message);
           draft = { role: "assistant", content: "" };
           div = bubble(draft);
-        } else if (e.type === "error") {
+        } else if (e.type === "error" || e.type === "notice") {
           status(e.message);
         }
       }
