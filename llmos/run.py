@@ -262,7 +262,7 @@ def generate(model, tok, prompt_ids, max_new_tokens, temperature=0.0, top_p=1.0,
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Run a Llama-format model directory with numpy.")
+    ap = argparse.ArgumentParser(prog="run.py", description="Run a Llama-format model with numpy.")
     ap.add_argument("model_dir")
     ap.add_argument("--prompt", default="")
     ap.add_argument("--max-new-tokens", type=int, default=100)
@@ -271,9 +271,16 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--ids", action="store_true", help="print token ids, not text")
     args = ap.parse_args(argv)
-    tok = Tokenizer(args.model_dir)
-    prompt = tok.prefix + tok.encode(args.prompt)
-    model = Llama(args.model_dir, len(prompt) + args.max_new_tokens)
+    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+        ap.error("--max-new-tokens must be >= 1, --temperature >= 0, --top-p in (0, 1]")
+    try:
+        tok = Tokenizer(args.model_dir)
+        prompt = tok.prefix + tok.encode(args.prompt)
+        model = Llama(args.model_dir, len(prompt) + args.max_new_tokens)
+    except OSError as e:  # a missing or unreadable file: its name, not a traceback
+        sys.exit(f"run.py: error: {e.filename or args.model_dir}: {e.strerror or e}")
+    except (ValueError, KeyError, TypeError) as e:  # a file not as a model directory has it
+        sys.exit(f"run.py: error: {args.model_dir}: not a model directory run.py reads ({e!r})")
     t0, out, pending = time.time(), [], b""
     if not args.ids:
         sys.stdout.write(args.prompt)

@@ -110,3 +110,24 @@ def test_tokenizer_matches_hf_tokenizers(tok, tmp_path):
         assert ours.encode(t) == tok.encode(t), t
         assert ours.decode_bytes(ours.encode(t)).decode() == t
     assert ours.prefix == [tok.bos_id] and tok.eos_id in ours.stop
+
+
+@pytest.mark.parametrize(
+    "files, args, message",
+    [
+        ({}, [], "tokenizer.json: No such file"),
+        ({"tokenizer.json": "{"}, [], "not a model directory run.py reads"),
+        ({"tokenizer.json": "[]"}, [], "not a model directory run.py reads"),
+        ({}, ["--top-p", "0"], None),
+        ({}, ["--max-new-tokens", "0"], None),
+    ],
+)
+def test_run_py_bad_inputs_are_one_line(files, args, message, tmp_path, capsys):
+    from llmos import run
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(SystemExit) as e:
+        run.main([str(tmp_path), *args])
+    said = e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err
+    assert "run.py: error:" in said and (message is None or message in said), said
