@@ -36,7 +36,8 @@ def test_mixtures_weigh_tasks_and_files(tmp_path):
     import json
 
     p = tmp_path / "c.jsonl"
-    p.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    hi = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    p.write_text(json.dumps({"messages": hi}) + "\n")
     recs = mixture(f"identity:2,spelling:0.5,{p}:3", 10, 0)
     tasks = [r.get("task") for r in recs]
     assert tasks.count("identity") == 20 and tasks.count("spelling") == 5 and tasks.count(None) == 3
