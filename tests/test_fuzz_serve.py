@@ -138,7 +138,7 @@ request = st.one_of(
 def fuzzed(assistant, tmp_path_factory):
     _, model_dir = assistant
     c = ServeConfig(db=str(tmp_path_factory.mktemp("db") / "chats.sqlite"))
-    c.max_batch, c.max_queue, c.context, c.max_tokens, c.max_n = 4, 16, 128, 48, 3
+    c.max_batch, c.max_queue, c.context, c.max_tokens, c.max_n = 4, 16, 96, 16, 3
     c.request_timeout = 20.0
     app = create_app(model_dir, c)
     url, server = start_server(app)
