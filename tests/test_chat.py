@@ -78,24 +78,45 @@ def test_ctrl_c_stops_the_reply_not_the_chat(assistant, tmp_path):
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     _, out = assistant
     env = {**os.environ, "LLMOS_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "llmos.cli", "chat", str(out), "--temperature", "1.5"]
-    cmd += ["--max-new-tokens", "100000"]  # a reply that would run for minutes
+    cmd += ["--max-new-tokens", "100000"]
     p = subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
-    p.stdin.write(b"Tell me everything.\n")
-    p.stdin.flush()
-    time.sleep(8)  # loaded and writing
-    p.send_signal(signal.SIGINT)
-    time.sleep(1)
+    seen = bytearray()  # stdout so far, read byte by byte as the reply streams
+    threading.Thread(
+        target=lambda: [seen.extend(b) for b in iter(lambda: p.stdout.read(1), b"")], daemon=True
+    ).start()
+
+    def wait_for(pattern: bytes, after: int, timeout=60.0) -> int:
+        deadline = time.time() + timeout
+        while (i := bytes(seen).find(pattern, after)) < 0:
+            assert time.time() < deadline and p.poll() is None, bytes(seen)[-2000:]
+            time.sleep(0.01)
+        return i + len(pattern)
+
+    # A reply ends by itself at the end token or the context's end, so Ctrl-C is sent as soon
+    # as the reply starts; should the reply end first anyway, the chat is asked again.
+    for _ in range(5):
+        mark = len(seen)
+        p.stdin.write(b"Tell me everything.\n")
+        p.stdin.flush()
+        start = wait_for(b"assistant> ", mark)
+        while len(seen) <= start:  # the reply's first byte
+            time.sleep(0.005)
+        p.send_signal(signal.SIGINT)
+        wait_for(b"you> ", start)
+        if b"[stopped]" in seen[start:]:
+            break
     p.stdin.write(b"/quit\n")
     p.stdin.flush()
-    stdout, stderr = p.communicate(timeout=60)
+    _, stderr = p.communicate(timeout=60)
     assert p.returncode == 0, stderr.decode()[-2000:]
-    assert b"[stopped]" in stdout and b"Traceback" not in stderr
+    assert b"[stopped]" in seen and b"Traceback" not in stderr
     saved = json.loads(next((tmp_path / "cache" / "chats").glob("*.json")).read_text())
     assert [m["role"] for m in saved["messages"]][-1] == "assistant"  # the partial reply kept
