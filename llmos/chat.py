@@ -21,7 +21,7 @@ from llmos.agent.loop import assistant_turn
 from llmos.chat_format import ConversationError, check_conversation
 from llmos.checkpoint import load_model
 from llmos.common import LlmosError, arg, cache_dir, check_value, write_json
-from llmos.infer.engine import DTYPES, Engine, SamplingConfig
+from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
 from llmos.tokenizer import Tokenizer
 
 
@@ -31,7 +31,7 @@ class ChatConfig:
     system: str = arg("", "custom instructions (a system message)")
     temperature: float = arg(0.7, "sampling temperature; 0 is greedy", lo=0, hi=100)
     max_new_tokens: int = arg(256, "the longest reply, in tokens", lo=1)
-    dtype: str = arg("fp32", "weights in the engine", choices=list(DTYPES))
+    dtype: str = arg("auto", DTYPE_HELP, choices=["auto", *DTYPES])
     resume: bool = arg(False, "reopen the last conversation (each one is saved as it goes)")
 
 

@@ -375,7 +375,8 @@ def export_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F16") -> P
     special = set(tok.special_ids.values())
     pre = json.dumps(tj.get("pre_tokenizer"))
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm" if '"individual_digits": true' in pre else "gpt2")
+    # llama.cpp names the pre-tokenizer of a plain byte-level BPE "gpt-2" (with the dash).
+    w.add_tokenizer_pre("smollm" if '"individual_digits": true' in pre else "gpt-2")
     w.add_token_list(tokens)
     w.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
     merges = tj["model"]["merges"]

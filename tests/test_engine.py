@@ -7,7 +7,8 @@ import torch
 
 from llmos.checkpoint import save_model_dir
 from llmos.infer.engine import Decoder, Engine, SamplingConfig, sample_next
-from llmos.model import Transformer
+from llmos.infer.native import NativeDecoder, native_error
+from llmos.model import KVCache, Transformer
 from tests.test_model import tiny_config
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=24)
@@ -22,7 +23,12 @@ def model():
     return m.eval()
 
 
-def test_prepared_logits_match_transformers(model, tok, tmp_path):
+needs_native = pytest.mark.skipif(native_error() is not None, reason=f"{native_error()}")
+DECODERS = [Decoder, pytest.param(NativeDecoder, marks=needs_native)]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_prepared_logits_match_transformers(model, tok, tmp_path, decoder):
     from transformers import AutoModelForCausalLM
 
     save_model_dir(model, tok, tmp_path)
@@ -30,10 +36,60 @@ def test_prepared_logits_match_transformers(model, tok, tmp_path):
     x = torch.randint(0, 400, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = hf(x).logits
-        assert (Decoder(model, "fp32")(x) - ref).abs().max() <= 1e-4
+        assert (decoder(model, "fp32")(x) - ref).abs().max() <= 1e-4
         for dtype, tol in (("bf16", 0.05), ("int8", 0.08)):
-            got = Decoder(model, dtype)(x).float()
+            got = decoder(model, dtype)(x).float()
             assert (got - ref).abs().max() / ref.abs().max() < tol, dtype
+
+
+@needs_native
+def test_native_decode_matches_transformers_step_by_step(model, tok, tmp_path):
+    """Prefill, then one token at a time on the cache, in a left-padded batch: each step's
+    logits against transformers run on the whole sequence so far."""
+    from transformers import AutoModelForCausalLM
+
+    save_model_dir(model, tok, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    native = NativeDecoder(model, "fp32")
+    seqs = [[0, 5, 9, 31, 4], [0, 200, 3]]
+    pad = torch.tensor([0, 2])
+    x = torch.tensor([seqs[0], [0, 0, *seqs[1]]])
+    cache = KVCache(model.cfg, 2, 20, torch.float32)
+    logits = native(x, cache=cache, pad=pad, last_only=True)[:, -1]
+    for _ in range(6):
+        for b, s in enumerate(seqs):
+            with torch.no_grad():
+                ref = hf(torch.tensor([s])).logits[0, -1]
+            assert (logits[b] - ref).abs().max() <= 1e-4
+        nxt = logits.argmax(-1)
+        for b, s in enumerate(seqs):
+            s.append(int(nxt[b]))
+        logits = native(nxt.view(2, 1), cache=cache, pad=pad, last_only=True)[:, -1]
+
+
+@needs_native
+def test_native_engine_keeps_the_torch_engines_greedy_tokens(model, tok, monkeypatch):
+    import llmos.infer.engine as engine_mod
+
+    prompts = [[0, 5, 9], [0, *range(30, 47)], [0, 200]]
+    native = Engine(model, tok, "fp32")
+    assert isinstance(native.model, NativeDecoder)
+    monkeypatch.setattr(engine_mod, "native_error", lambda: "off for this test")
+    torch_engine = Engine(model, tok, "fp32")
+    assert isinstance(torch_engine.model, Decoder)
+    for e in (native, torch_engine):
+        e.out = [c.ids for c in e.generate(prompts, GREEDY, n=2)]
+    assert native.out == torch_engine.out
+    rows = torch.tensor([3, 7, 1])  # continuous batching: rows at their own positions
+    caches = [KVCache(model.cfg, 3, 16, torch.float32) for _ in range(2)]
+    for c in caches:
+        for k in c.k + c.v:
+            k.normal_(generator=torch.Generator().manual_seed(1))
+    got = [
+        e.model.decode_rows(rows, torch.tensor([4, 0, 9]), c)
+        for e, c in zip((native, torch_engine), caches)
+    ]
+    assert (got[0] - got[1]).abs().max() <= 1e-4
 
 
 def test_batched_equals_one_by_one(model, tok):

@@ -90,11 +90,13 @@ class EpochOrder:
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.epoch, self.index, self._perm = 0, rank, None
 
+    # The state is the global position (rank 0's): a run saved by N ranks resumes on M, each
+    # rank starting at its own offset from it.
     def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return {"epoch": self.epoch, "index": self.index - self.rank}
 
     def load_state(self, state: dict) -> None:
-        self.epoch, self.index, self._perm = state["epoch"], state["index"], None
+        self.epoch, self.index, self._perm = state["epoch"], state["index"] + self.rank, None
 
     def peek(self) -> int:
         if self._perm is None:

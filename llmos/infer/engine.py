@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from llmos.checkpoint import load_model
-from llmos.common import arg
+from llmos.common import arg, device, log, pick_dtype
+from llmos.infer.native import NativeDecoder, native_error
 from llmos.model import KVCache, Transformer, apply_rope, rope_and_mask, rope_tables
 from llmos.tokenizer import Tokenizer
 
@@ -75,6 +76,24 @@ def sample_next(
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+DTYPE_HELP = (
+    "weights in the engine: auto (bf16 where the hardware computes in it, else fp32), fp32, "
+    "bf16, or int8 (8-bit weights in blocks of 32, as llama.cpp's Q8_0)"
+)
+
+
+def make_decoder(model: Transformer, dtype: str = "auto") -> Decoder | NativeDecoder:
+    """The fastest decoder for this model and machine: on the CPU the native one (native.c,
+    one C call per step) when it builds, the torch Decoder otherwise (a GPU, no compiler)."""
+    dtype = pick_dtype(dtype, "decode")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device().type == "cpu" and native_error() is None:
+        try:
+            return NativeDecoder(model, dtype)
+        except ValueError as e:  # a shape native.c does not handle
+            log.warning("native decode: %s; using torch", e)
+    return Decoder(model, dtype)
 
 
 class Int8Weight:
@@ -210,8 +229,8 @@ class Engine:
     Stop tokens are per call: `stop_ids=None` means the tokenizer's EOS (`self.stop_ids`); a
     chat passes <|end|> and <|/tool_call|> too."""
 
-    def __init__(self, model: Transformer, tok, dtype: str = "fp32"):
-        self.model, self.tok, self.dtype = Decoder(model, dtype), tok, dtype
+    def __init__(self, model: Transformer, tok, dtype: str = "auto"):
+        self.model, self.tok = make_decoder(model, dtype), tok
         self.stop_ids = frozenset({tok.eos_id} - {None})
         self.prefilled = 0  # prompt tokens run through prefill, ever (tests count them)
         self._lock = threading.Lock()
@@ -413,9 +432,7 @@ class TextState:
 class SampleConfig(SamplingConfig):
     model_dir: str = arg("", "the model directory to sample from", positional=True)
     prompt: str = arg("", "the text to continue (after BOS)")
-    dtype: str = arg(
-        "fp32", "weights in the engine: fp32, bf16, or int8 (weight-only)", choices=list(DTYPES)
-    )
+    dtype: str = arg("auto", DTYPE_HELP, choices=["auto", *DTYPES])
     max_new_tokens: int = 200
 
 

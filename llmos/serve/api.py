@@ -35,7 +35,7 @@ from llmos.chat_format import (
 )
 from llmos.checkpoint import load_model
 from llmos.common import arg, cache_dir
-from llmos.infer.engine import DTYPES, Engine, SamplingConfig
+from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
 from llmos.serve.batcher import Batcher, Busy
 from llmos.serve.batcher import Request as Generation
 from llmos.serve.errors import APIError, BearerAuth, add_error_handlers, read_body
@@ -50,7 +50,7 @@ class ServeConfig:
     host: str = arg("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = arg(8000, "port to listen on", lo=0, hi=65535)
     api_key: str = arg("", 'when set (or LLMOS_API_KEY), /v1 and /api need "Bearer KEY"')
-    dtype: str = arg("fp32", "weights in the engine", choices=list(DTYPES))
+    dtype: str = arg("auto", DTYPE_HELP, choices=["auto", *DTYPES])
     max_batch: int = arg(16, "requests decoded together (KV-cache rows)", lo=1)
     context: int = arg(2048, "tokens per request, prompt included (0: the model's context)", lo=0)
     max_queue: int = arg(64, "requests waiting beyond max-batch; more get 429", lo=0)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from llmos import runs
-from llmos.common import arg, atomic_write_text, cache_dir
+from llmos.common import arg, atomic_write_text, cache_dir, dist_info, is_main, pick_dtype
 from llmos.config import PRESETS, preset
 from llmos.data.corpora import load_corpus, split
 from llmos.data.shards import TokenLoader, build_shards, fingerprint
@@ -90,7 +90,8 @@ def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: 
     shard_root = cache_dir() / "shards"
     train_dir = build_shards(train_docs, tok, shard_root / fingerprint(train_docs, tok))
     val_dir = build_shards(val_docs, tok, shard_root / fingerprint(val_docs, tok))
-    loader = TokenLoader(train_dir, c.batch_size, seq_len, seed=c.seed)
+    rank, world = dist_info()  # under torchrun each rank reads its share of every batch
+    loader = TokenLoader(train_dir, c.batch_size // world, seq_len, c.seed, rank, world)
     val_ids = np.concatenate([np.asarray(s) for s in TokenLoader(val_dir, 1, 1).shards])
     token_bytes = tok.token_bytes()
 
@@ -103,11 +104,12 @@ def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: 
     )
 
     def evaluate(model: Transformer, windows: int | None) -> dict:
-        bits, nb, nt = model_bits(model, val_ids, token_bytes, seq_len, 8, windows, c.bf16)
+        bf16 = pick_dtype(c.dtype, "eval") == "bf16"
+        bits, nb, nt = model_bits(model, val_ids, token_bytes, seq_len, 8, windows, bf16)
         return {"val_bpb": bits / nb, "val_loss": bits * math.log(2) / nt}
 
     model, finished = train_loop(c, out, model, tok, loader, evaluate, "pretrain", resume, stop_at)
-    if not finished:
+    if not finished or not is_main():
         return out
     final = evaluate(model, None)
     runs.plot_curves(out, ["loss", "val_loss"])
@@ -136,7 +138,8 @@ def write_report(out: Path, c, cfg, final: dict, comp: dict, sample: str, second
 - corpus `{c.corpus}`; {c.max_steps} steps of {c.batch_size}×{c.grad_accum} sequences of
   {cfg.max_position_embeddings} tokens
 - wall time {seconds / 60:.1f} min; median throughput {np.median(tps) if tps else 0:,.0f} tokens/s
-  ({"bf16 autocast" if c.bf16 else "fp32"}, {torch.get_num_threads()} threads)
+  ({"bf16 autocast" if pick_dtype(c.dtype, "") == "bf16" else "fp32"}, \
+{dist_info()[1]} process(es) of {torch.get_num_threads()} threads)
 
 ## Result
 

@@ -18,7 +18,7 @@ import torch
 from llmos import runs
 from llmos.chat_format import render
 from llmos.checkpoint import load_model
-from llmos.common import arg, atomic_write_text
+from llmos.common import arg, atomic_write_text, dist_info, is_main
 from llmos.data.corpora import CorpusError, is_val
 from llmos.data.shards import EpochOrder
 from llmos.tasks import mixture
@@ -124,8 +124,15 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     val = [r for i, r in enumerate(convs) if is_val(str(i), c.val_fraction)] or convs[:1]
     seq_len = c.seq_len or min(model.cfg.max_position_embeddings, 1024)
     pad = tok.special_ids.get("<|pad|>", tok.eos_id)
+    rank, world = dist_info()  # under torchrun each rank packs its share of every batch
     loader = PackedLoader(
-        [render(tok, r["messages"]) for r in train], c.batch_size, seq_len, pad, c.seed
+        [render(tok, r["messages"]) for r in train],
+        c.batch_size // world,
+        seq_len,
+        pad,
+        c.seed,
+        rank,
+        world,
     )
     val_rows = PackedLoader(
         [render(tok, r["messages"]) for r in val], c.batch_size, seq_len, pad, 0
@@ -133,7 +140,8 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     val_batches = [
         val_rows.next() for _ in range(max(1, min(c.eval_windows, len(val) // c.batch_size)))
     ]
-    print(f"sft: {len(train)} train / {len(val)} val conversations from '{c.data}'; base {c.base}")
+    say = print if is_main() else (lambda *a: None)
+    say(f"sft: {len(train)} train / {len(val)} val conversations from '{c.data}'; base {c.base}")
 
     @torch.no_grad()
     def evaluate(model, windows: int | None) -> dict:
@@ -150,12 +158,12 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     if c.lora_rank > 0:
         add_lora(model, c.lora_rank, c.lora_alpha)
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"LoRA rank {c.lora_rank}: training {n:,} adapter parameters")
+        say(f"LoRA rank {c.lora_rank}: training {n:,} adapter parameters")
     model, finished = train_loop(
         c, out, model, tok, loader, evaluate, "sft", resume, stop_at, export=export
     )
     model = export(model)
-    if finished:
+    if finished and is_main():
         runs.plot_curves(out, ["loss", "val_loss"])
         final = evaluate(model, None)
         text = (
