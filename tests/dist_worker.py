@@ -1,7 +1,7 @@
 """Run by the distributed tests under torchrun: one pretraining run from a JSON config.
 
-    torchrun --standalone --nproc_per_node 2 tests/dist_worker.py '{"preset": "nano", ...}' OUT
-        [--resume] [--stop-at N]
+torchrun --standalone --nproc_per_node 2 tests/dist_worker.py '{"preset": "nano", ...}' OUT
+    [--resume] [--stop-at N]
 """
 
 import json
