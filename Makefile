@@ -39,7 +39,14 @@ test: $(BIN)/.test
 	$(BIN)/ruff format --check llmos tests bench
 	$(BIN)/python -m pytest
 
-bench: $(BIN)/.test
-	$(BIN)/python bench/train.py --preset micro
+# The benchmarks measure their peers in the same run: llama.cpp (llama-cpp-python, built from its
+# sdist for this CPU on first use: ~25 min on 2 cores) and, given NANOGPT=path/to/checkout,
+# nanoGPT. Run them with nothing else busy.
+$(BIN)/.bench: $(BIN)/.test
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(BIN)/.bench
+	$(BIN)/python bench/train.py $(if $(NANOGPT),--nanogpt $(NANOGPT))
 	$(BIN)/python bench/infer.py
 	$(BIN)/python bench/serve.py

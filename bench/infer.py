@@ -70,11 +70,14 @@ def best_of(runs: int, fn) -> float:
     return max(fn() for _ in range(runs))
 
 
-def engine_speed(engine: Engine, n: int) -> float:
+def engine_speed(engine: Engine, n: int, batch: int = 1) -> float:
+    """Tokens/s of all rows together, after the prefill (which gives each row's first)."""
+
     def once() -> float:
         s = SamplingConfig(temperature=0, max_new_tokens=n + 1)
-        stream = engine.stream([PROMPT], s)
-        next(stream)  # the first token comes from the prefill
+        stream = engine.stream([PROMPT] * batch, s)
+        for _ in range(batch):
+            next(stream)
         t = time.perf_counter()
         count = sum(1 for _ in stream)
         return count / (time.perf_counter() - t)
@@ -198,6 +201,9 @@ def main() -> None:
             for dtype in ("fp32", "bf16", "int8"):
                 speed[dtype] = engine_speed(Engine(model, tok, dtype), n)
                 show(name, f"llmos {dtype}", speed[dtype], bw / weight_bytes(model, dtype))
+            for dtype in ("fp32", "int8"):  # the batcher's case: 8 rows share each weight read
+                speed[dtype, 8] = engine_speed(Engine(model, tok, dtype), n, batch=8)
+                print(f"{name:12s} {'llmos ' + dtype + ', batch 8':26s} {speed[dtype, 8]:9.1f}")
             torch_engine = Engine(model, tok, "fp32")
             torch_engine.model = Decoder(model, "fp32")
             speed["torch"] = engine_speed(torch_engine, n)
@@ -217,6 +223,7 @@ def main() -> None:
                 f"fp32 / run.py {speed['fp32'] / speed['run.py']:.2f}x",
                 f"fp32 / torch decoder {speed['fp32'] / speed['torch']:.2f}x",
                 f"fp32 / HF {speed['fp32'] / speed['hf']:.1f}x",
+                f"fp32 batch 8 / batch 1 {speed['fp32', 8] / speed['fp32']:.1f}x",
             ]
             if have_llama_cpp:
                 ratios += [

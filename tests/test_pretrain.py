@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -211,3 +212,17 @@ def test_kill_9_never_leaves_a_broken_checkpoint(corpus_dir, tmp_path):
     leftovers = [*out.rglob("*.tmp"), *out.rglob(".*")]
     assert not leftovers, leftovers
     assert len(list((out / "checkpoints").iterdir())) == 1
+
+
+def test_compiled_training_gives_the_same_losses(corpus_dir, tmp_path):
+    """--compile on (the CUDA default) traces the same model: same losses, same weights."""
+    c = config(corpus_dir, max_steps=3, eval_every=3)
+    pretrain(c, tmp_path / "eager")
+    pretrain(dataclasses.replace(c, compile="on"), tmp_path / "compiled")
+    assert all(
+        abs(a - b) < 1e-4 for a, b in zip(losses(tmp_path / "eager"), losses(tmp_path / "compiled"))
+    )
+    a, b = load_model(tmp_path / "eager"), load_model(tmp_path / "compiled")
+    assert all(
+        torch.allclose(a.state_dict()[k], b.state_dict()[k], atol=1e-4) for k in a.state_dict()
+    )

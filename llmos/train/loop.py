@@ -78,6 +78,12 @@ class TrainConfig:
         choices=["auto", "fp32", "bf16"],
     )
     fsdp: bool = arg(False, "under torchrun: shard weights, grads and optimizer (FSDP2), not DDP")
+    compile: str = arg(
+        "auto",
+        "torch.compile the model for training: auto (on CUDA only; on a 2-core CPU it measured "
+        "slower, bench/train.py), on, off",
+        choices=["auto", "on", "off"],
+    )
     eval_every: int = arg(100, "evaluate every this many steps (and at the last)", lo=1)
     eval_windows: int = arg(64, "val batches per periodic eval; the final eval uses all", lo=1)
     checkpoint_every: int = arg(250, "write a checkpoint every this many steps", lo=1)
@@ -155,7 +161,7 @@ def _check_resume(out: Path, c: TrainConfig) -> None:
     diff = [
         f"{k}: {saved.get(k)!r} -> {v!r}"
         for k, v in now.items()
-        if saved.get(k) != v and k not in ("max_steps", "fsdp")
+        if saved.get(k) != v and k not in ("max_steps", "fsdp", "compile")
     ]
     if diff:
         raise ResumeError(
@@ -266,6 +272,8 @@ def train_loop(
     plain = model  # the module itself, whatever wraps or shards it for training
     model = _distribute(model, c) if world > 1 else model
     opt = make_optimizer(model, c)
+    compiled = c.compile == "on" or (c.compile == "auto" and dev.type == "cuda")
+    forward = torch.compile(model) if compiled else model  # what step_fn calls
     if state is not None:
         _load_optimizer(plain if not c.fsdp else model, opt, state["optimizer"])
         loader.load_state(state["loader"])
@@ -327,7 +335,7 @@ def train_loop(
                 last = micro == c.grad_accum - 1
                 sync = model.no_sync() if world > 1 and not c.fsdp and not last else _nothing()
                 with sync, torch.autocast(dev.type, torch.bfloat16, enabled=precision == "bf16"):
-                    loss, n_tokens = step_fn(model, batch)
+                    loss, n_tokens = step_fn(forward, batch)
                     (loss / c.grad_accum).backward()
                 loss_sum += loss.detach() / c.grad_accum
                 tokens_since += n_tokens * world
