@@ -14,13 +14,15 @@ $(BIN)/.base: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# The browser test drives Debian's Chromium through Playwright (which downloads no browser).
+# The browser test drives Debian's Chromium through Playwright (which downloads no browser); the
+# python tool's sandbox is Debian's bubblewrap running Debian's Python with numpy and matplotlib.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN := chromium bubblewrap python3-numpy python3-matplotlib
 $(BIN)/.test: $(BIN)/.base
 	$(BIN)/pip install -q -e '.[test]'
-	command -v chromium >/dev/null || $(SUDO) apt-get install -y -q chromium >/dev/null \
-	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium >/dev/null) \
-	  || echo "chromium could not be installed: the browser test will be skipped"
+	dpkg -s $(DEBIAN) >/dev/null 2>&1 || $(SUDO) apt-get install -y -q $(DEBIAN) >/dev/null \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(DEBIAN) >/dev/null) \
+	  || echo "$(DEBIAN) could not be installed: the browser and sandbox tests will be skipped"
 	touch $@
 
 # The main job, the whole story: pretrain the default preset on the default corpus (Shakespeare

@@ -1,4 +1,5 @@
-"""Tools the model can call. The first one: a calculator that never runs `eval`.
+"""Tools the model can call: a calculator that never runs `eval`, and (for agents, not yet in
+the chat's default set) `python`, code run in the sandbox of `agent/sandbox.py`.
 
 A tool takes the JSON `arguments` of a call and returns text for the `tool` message. Errors
 come back as text the model sees ("error: ..."), never as an exception out of the engine.
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 
+from llmos.agent.sandbox import SandboxError, run_python
 from llmos.chat_format import ToolCallError, parse_tool_call
 from llmos.common import LlmosError
 
@@ -205,6 +207,40 @@ TOOLS = {
 }
 
 
+def python_tool(args: dict) -> str:
+    """Run args["code"] in the sandbox: its output, the limit it hit, the files it made."""
+    code = args.get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise ToolError('python: "code" must be a non-empty string of Python source')
+    try:
+        return run_python(code).for_model()
+    except SandboxError as e:  # no bubblewrap: the model (and the user) are told why
+        raise ToolError(f"python: {e}") from None
+
+
+# Tools an agent may be given beyond the chat's default set (the python tool runs in its own
+# sandboxed process with its own limits, so it does not go through the worker).
+AGENT_TOOLS = {
+    **TOOLS,
+    "python": {
+        "fn": python_tool,
+        "schema": {
+            "type": "function",
+            "function": {
+                "name": "python",
+                "description": "Run a Python 3 script in a sandbox (numpy, matplotlib; no "
+                "network). Print results; files saved in the working directory come back.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"code": {"type": "string"}},
+                    "required": ["code"],
+                },
+            },
+        },
+    },
+}
+
+
 def run_tool_call(text: str, tools: dict = TOOLS) -> tuple[dict | None, str]:
     """Parse a tool call the model wrote and run it: (the call, or None if malformed; result).
 
@@ -217,7 +253,7 @@ def run_tool_call(text: str, tools: dict = TOOLS) -> tuple[dict | None, str]:
     if name not in tools:
         return call, f"error: no tool named {name!r}; tools: {', '.join(tools)}"
     try:
-        if tools is TOOLS:  # the built-in tools run in the worker, under the time limit
+        if tools[name] is TOOLS.get(name):  # built-in tools run in the worker, time-limited
             return call, WORKER.call(name, call["arguments"])
         return call, tools[name]["fn"](call["arguments"])
     except ToolError as e:

@@ -104,7 +104,7 @@ def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: 
     )
 
     def evaluate(model: Transformer, windows: int | None) -> dict:
-        bf16 = pick_dtype(c.dtype, "eval") == "bf16"
+        bf16 = pick_dtype(c.dtype, "training") == "bf16"
         bits, nb, nt = model_bits(model, val_ids, token_bytes, seq_len, 8, windows, bf16)
         return {"val_bpb": bits / nb, "val_loss": bits * math.log(2) / nt}
 
@@ -138,7 +138,7 @@ def write_report(out: Path, c, cfg, final: dict, comp: dict, sample: str, second
 - corpus `{c.corpus}`; {c.max_steps} steps of {c.batch_size}×{c.grad_accum} sequences of
   {cfg.max_position_embeddings} tokens
 - wall time {seconds / 60:.1f} min; median throughput {np.median(tps) if tps else 0:,.0f} tokens/s
-  ({"bf16 autocast" if pick_dtype(c.dtype, "") == "bf16" else "fp32"}, \
+  ({"bf16 autocast" if pick_dtype(c.dtype, "training") == "bf16" else "fp32"}, \
 {dist_info()[1]} process(es) of {torch.get_num_threads()} threads)
 
 ## Result
