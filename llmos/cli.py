@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmos.agent.agent import AgentConfig, run_agent
 from llmos.chat import ChatConfig, chat
 from llmos.common import LlmosError, check_config, check_value, field_meta, set_threads
 from llmos.config import list_presets
@@ -63,6 +64,12 @@ VERBS = {
     "sft": Verb("fine-tune a model on conversations (tasks or JSONL)", SFTConfig, sft, "", True),
     "tasks": Verb("write a task's conversations as JSONL", TasksConfig, write_tasks),
     "chat": Verb("chat with a model in the terminal", ChatConfig, chat),
+    "agent": Verb(
+        "run a task to a final answer with tools; a trace and report in --out/<time>",
+        AgentConfig,
+        run_agent,
+        "runs/agent",
+    ),
     "speedrun": Verb(
         "pretrain, fine-tune, evaluate: the report card (a rerun continues it)",
         SpeedrunConfig,

@@ -207,15 +207,24 @@ TOOLS = {
 }
 
 
+class ToolOutput(str):
+    """A tool's text for the model, carrying the files it made (name -> bytes) beside it."""
+
+    files: dict[str, bytes] = {}
+
+
 def python_tool(args: dict) -> str:
     """Run args["code"] in the sandbox: its output, the limit it hit, the files it made."""
     code = args.get("code")
     if not isinstance(code, str) or not code.strip():
         raise ToolError('python: "code" must be a non-empty string of Python source')
     try:
-        return run_python(code).for_model()
+        r = run_python(code)
     except SandboxError as e:  # no bubblewrap: the model (and the user) are told why
         raise ToolError(f"python: {e}") from None
+    out = ToolOutput(r.for_model())
+    out.files = r.files
+    return out
 
 
 # Tools an agent may be given beyond the chat's default set (the python tool runs in its own
@@ -249,14 +258,18 @@ def run_tool_call(text: str, tools: dict = TOOLS) -> tuple[dict | None, str]:
         call = parse_tool_call(text)
     except ToolCallError as e:
         return None, f"error: {e}"
-    name = call["name"]
+    return call, run_tool(call["name"], call["arguments"], tools)
+
+
+def run_tool(name: str, arguments: dict, tools: dict = TOOLS) -> str:
+    """One call's result text (a ToolOutput when it made files); errors become the text."""
     if name not in tools:
-        return call, f"error: no tool named {name!r}; tools: {', '.join(tools)}"
+        return f"error: no tool named {name!r}; tools: {', '.join(tools)}"
     try:
         if tools[name] is TOOLS.get(name):  # built-in tools run in the worker, time-limited
-            return call, WORKER.call(name, call["arguments"])
-        return call, tools[name]["fn"](call["arguments"])
+            return WORKER.call(name, arguments)
+        return tools[name]["fn"](arguments)
     except ToolError as e:
-        return call, f"error: {e}"
+        return f"error: {e}"
     except Exception as e:  # a tool's bug is the model's error message, not the caller's crash
-        return call, f"error: {type(e).__name__}: {e}"
+        return f"error: {type(e).__name__}: {e}"

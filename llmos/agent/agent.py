@@ -1,0 +1,256 @@
+"""`llmos agent`: run a task to a final answer with tools, and keep a trace of everything.
+
+The loop (ReAct's shape, Yao et al. 2022): the model answers; if its answer calls tools, every
+call of that answer runs at once (a thread each), the results go back as `tool` messages, and
+the model answers again; until an answer with no call, or a limit (steps, generated tokens,
+wall clock) ends it and says which. The model is an llmos model directory or any
+OpenAI-compatible endpoint (`--base-url`, `--api-key`, `--model`): both give one assistant
+message at a time in OpenAI's shape, so the loop does not know which it talks to.
+
+A run directory holds `trace.jsonl` (every message, call, result and timing, one JSON object a
+line, as they happen), the files tools made (`files/`, e.g. a PNG plot from `python`) and a
+`report.md`. The terminal shows each call and result as it happens.
+
+    llmos agent "What is 1234 * 5678? Then plot y = x^2." --base-url http://127.0.0.1:8000/v1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmos.agent.tools import AGENT_TOOLS, run_tool
+from llmos.chat_format import ToolCallError, parse_tool_call, render
+from llmos.checkpoint import load_model
+from llmos.common import LlmosError, arg, atomic_write_text
+from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
+from llmos.tokenizer import Tokenizer
+
+
+@dataclass
+class AgentConfig:
+    task: str = arg("", "the task, given to the model as the user's message", positional=True)
+    model_dir: str = arg("", "an llmos model directory (or --base-url for an endpoint)")
+    base_url: str = arg("", "an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
+    api_key: str = arg("", "the endpoint's key (empty: $OPENAI_API_KEY)")
+    model: str = arg("", "the model name the endpoint is asked for")
+    tools: str = arg("calculator,python", "the tools offered, comma-separated")
+    system: str = arg("", "a system message before the task")
+    max_steps: int = arg(8, "model answers at most (each may call several tools)", lo=1)
+    max_tokens: int = arg(2048, "generated tokens at most, all answers together", lo=1)
+    answer_tokens: int = arg(512, "generated tokens at most in one answer", lo=1)
+    max_seconds: float = arg(300.0, "wall-clock limit of the whole run", lo=1)
+    temperature: float = arg(0.0, "sampling temperature; 0 is greedy", lo=0, hi=100)
+    dtype: str = arg("auto", DTYPE_HELP, choices=["auto", *DTYPES])
+
+
+class AgentError(LlmosError):
+    """A model or endpoint the agent cannot use."""
+
+
+# -- models: one assistant message at a time, in OpenAI's shape -------------------------------
+
+
+class EndpointModel:
+    """Any OpenAI-compatible chat completions API (llmos serve, vLLM, llama.cpp's server...)."""
+
+    def __init__(self, base_url: str, api_key: str, model: str):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.key, self.model = api_key or os.environ.get("OPENAI_API_KEY", ""), model
+
+    def answer(self, messages: list[dict], tools: list[dict], c: AgentConfig, budget: int):
+        body = {"model": self.model, "messages": messages, "temperature": c.temperature}
+        body |= {"max_tokens": budget} | ({"tools": tools} if tools else {})
+        req = urllib.request.Request(
+            self.url,
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=c.max_seconds) as r:
+                reply = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise AgentError(f"{self.url}: HTTP {e.code}: {e.read()[:500]!r}") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise AgentError(f"{self.url}: {e}") from None
+        msg = reply["choices"][0]["message"]
+        used = reply.get("usage", {}).get("completion_tokens", 0)
+        return {k: msg[k] for k in ("role", "content", "tool_calls") if msg.get(k)}, used
+
+
+class LocalModel:
+    """An llmos model directory through the engine. Its chat format has one call per answer:
+    generation stops at <|/tool_call|> and the call is parsed here."""
+
+    def __init__(self, model_dir: str, dtype: str):
+        tok = Tokenizer.load(model_dir)
+        self.engine, self.tok = Engine(load_model(model_dir), tok, dtype), tok
+
+    def answer(self, messages: list[dict], tools: list[dict], c: AgentConfig, budget: int):
+        sp, tok = self.tok.special_ids, self.tok
+        call_open, call_close, end = (
+            sp.get(t) for t in ("<|tool_call|>", "<|/tool_call|>", "<|end|>")
+        )
+        stops = {end, call_close, tok.eos_id} - {None}
+        prompt, _ = render(tok, messages, add_generation_prompt=True)
+        s = SamplingConfig(temperature=c.temperature, max_new_tokens=budget)
+        ids = self.engine.generate([prompt], s, stops)[0].ids
+        k = ids.index(call_open) if call_open in ids else len(ids)
+        text = tok.decode(i for i in ids[:k] if i not in sp.values())
+        msg: dict = {"role": "assistant", "content": text}
+        if ids and ids[-1] == call_close and call_open in ids:
+            raw = tok.decode(ids[k + 1 : -1])
+            try:
+                call = parse_tool_call(raw)
+                fn = {"name": call["name"], "arguments": json.dumps(call["arguments"])}
+            except ToolCallError as e:  # shown to the model as the call's result
+                fn = {"name": "invalid", "arguments": json.dumps({"error": str(e), "raw": raw})}
+            msg["tool_calls"] = [
+                {"id": f"call_{len(messages)}", "type": "function", "function": fn}
+            ]
+        return msg, len(ids)
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+class Trace:
+    """trace.jsonl and files/ in the run directory, written as things happen."""
+
+    def __init__(self, out: Path):
+        self.out, self.t0 = out, time.monotonic()
+        (out / "files").mkdir(parents=True, exist_ok=True)
+        self.f = open(out / "trace.jsonl", "a")
+        self.rows: list[dict] = []
+
+    def add(self, kind: str, **fields) -> dict:
+        row = {"t": round(time.monotonic() - self.t0, 3), "type": kind, **fields}
+        self.rows.append(row)
+        self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.f.flush()
+        return row
+
+    def save_file(self, step: int, name: str, data: bytes) -> str:
+        path = f"files/{step}-{Path(name).name}"
+        (self.out / path).write_bytes(data)
+        return path
+
+
+def run_agent(c: AgentConfig, out: str | Path) -> dict:
+    """Run c.task to a final answer in a new directory under `out`; the summary it reports."""
+    if not c.task:
+        raise AgentError("give the task as the first argument")
+    if bool(c.model_dir) == bool(c.base_url):
+        raise AgentError("give either a model directory (--model-dir) or --base-url")
+    tools = {}
+    for name in filter(None, (t.strip() for t in c.tools.split(","))):
+        if name not in AGENT_TOOLS:
+            raise AgentError(f"--tools: no tool {name!r}; tools: {', '.join(AGENT_TOOLS)}")
+        tools[name] = AGENT_TOOLS[name]
+    model = (
+        LocalModel(c.model_dir, c.dtype)
+        if c.model_dir
+        else EndpointModel(c.base_url, c.api_key, c.model)
+    )
+    run = Path(out) / time.strftime("%Y%m%d-%H%M%S")
+    trace = Trace(run)
+    messages = ([{"role": "system", "content": c.system}] if c.system else []) + [
+        {"role": "user", "content": c.task}
+    ]
+    for m in messages:
+        trace.add("message", message=m)
+    schemas = [t["schema"] for t in tools.values()]
+    tokens, reason, answer = 0, "", None
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for step in range(1, c.max_steps + 1):
+            if time.monotonic() - trace.t0 > c.max_seconds:
+                reason = f"wall-clock limit of {c.max_seconds:g} s"
+                break
+            t = time.monotonic()
+            budget = min(c.answer_tokens, c.max_tokens - tokens)
+            msg, used = model.answer(messages, schemas, c, budget)
+            tokens += used
+            messages.append(msg)
+            trace.add("message", message=msg, step=step, tokens=used, seconds=time.monotonic() - t)
+            calls = msg.get("tool_calls") or []
+            if msg.get("content"):
+                print(f"assistant> {msg['content']}")
+            if not calls:
+                answer, reason = msg.get("content", ""), "answered"
+                break
+            # Every call of one answer runs at once: they are independent by construction
+            # (the model wrote them before seeing any result).
+            for call, result in zip(calls, pool.map(lambda x: _run_call(x, tools), calls)):
+                text, files, seconds = result
+                saved = [trace.save_file(step, k, v) for k, v in files.items()]
+                fn = call["function"]
+                print(f"  -> {fn['name']}({fn['arguments'][:200]})  [{seconds:.1f} s]")
+                print(
+                    "  <- "
+                    + text[:500].replace("\n", "\n     ")
+                    + "".join(f"\n     [file {p}]" for p in saved)
+                )
+                trace.add("result", call=call, content=text, files=saved, seconds=seconds)
+                messages.append(
+                    {"role": "tool", "tool_call_id": call.get("id", ""), "content": text}
+                )
+            if tokens >= c.max_tokens:
+                reason = f"token limit of {c.max_tokens}"
+                break
+        else:
+            reason = f"step limit of {c.max_steps}"
+    summary = {"answer": answer, "stopped": reason, "steps": step, "tokens": tokens,
+               "seconds": round(time.monotonic() - trace.t0, 2), "dir": str(run)}  # fmt: skip
+    trace.add("end", **summary)
+    trace.f.close()
+    _write_report(run, c, trace.rows, summary)
+    print(f"{'answer' if answer is not None else 'stopped'} ({reason}); trace in {run}")
+    return summary
+
+
+def _run_call(call: dict, tools: dict) -> tuple[str, dict, float]:
+    """(result text, files made, seconds) of one call; every error is text for the model."""
+    t = time.monotonic()
+    fn = call.get("function", {})
+    try:
+        args = fn.get("arguments") or "{}"
+        args = json.loads(args) if isinstance(args, str) else args
+        if not isinstance(args, dict):
+            raise ValueError("arguments must be a JSON object")
+    except ValueError as e:
+        return f"error: {fn.get('name')}: arguments are not a JSON object ({e})", {}, 0.0
+    result = run_tool(fn.get("name", ""), args, tools)
+    return str(result), getattr(result, "files", {}), time.monotonic() - t
+
+
+def _write_report(run: Path, c: AgentConfig, rows: list[dict], summary: dict) -> None:
+    lines = [f"# Agent run\n\n- task: {c.task}\n- model: {c.model_dir or c.base_url}",
+             f"- tools: {c.tools}\n- ended: {summary['stopped']} after {summary['steps']} "
+             f"answers, {summary['tokens']} tokens, {summary['seconds']} s\n",
+             "## Answer\n", summary["answer"] or "(none)", "\n## Trace\n",
+             "| t (s) | what | detail |", "|---|---|---|"]  # fmt: skip
+    images = []
+    for r in rows:
+        if r["type"] == "message":
+            m = r["message"]
+            calls = ", ".join(x["function"]["name"] for x in m.get("tool_calls") or [])
+            detail = (m.get("content") or "")[:120] + (f" [calls: {calls}]" if calls else "")
+            lines.append(f"| {r['t']} | {m['role']} | {_cell(detail)} |")
+        elif r["type"] == "result":
+            fn = r["call"]["function"]
+            lines.append(
+                f"| {r['t']} | {fn['name']} ({r['seconds']:.2f} s) | {_cell(r['content'][:160])} |"
+            )
+            images += [p for p in r["files"] if p.endswith((".png", ".jpg", ".svg"))]
+    lines += [f"\n![{p}]({p})" for p in images]
+    atomic_write_text(run / "report.md", "\n".join(lines) + "\n")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
