@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmos.agent.agent import AgentConfig, run_agent
+from llmos.agent.browser import WebConfig, WebDemoConfig, web_demo, web_serve
 from llmos.chat import ChatConfig, chat
 from llmos.common import LlmosError, check_config, check_value, field_meta, set_threads
 from llmos.config import list_presets
@@ -69,6 +70,10 @@ VERBS = {
         AgentConfig,
         run_agent,
         "runs/agent",
+    ),
+    "web serve": Verb("serve a directory of pages on loopback", WebConfig, web_serve),
+    "web demo": Verb(
+        "write the demo web (companies, funding news, people)", WebDemoConfig, web_demo
     ),
     "speedrun": Verb(
         "pretrain, fine-tune, evaluate: the report card (a rerun continues it)",

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmos.agent.browser import Site
 from llmos.agent.tools import AGENT_TOOLS, run_tool
 from llmos.chat_format import ToolCallError, parse_tool_call, render
 from llmos.checkpoint import load_model
@@ -41,6 +42,12 @@ class AgentConfig:
     api_key: str = arg("", "the endpoint's key (empty: $OPENAI_API_KEY)")
     model: str = arg("", "the model name the endpoint is asked for")
     tools: str = arg("calculator,python", "the tools offered, comma-separated")
+    web: str = arg(
+        "",
+        "a directory of pages to serve on loopback, adding the search and open tools "
+        "(`llmos web demo` writes the demo web)",
+    )
+    allow_hosts: str = arg("", "hosts `open` may read besides loopback, comma-separated")
     system: str = arg("", "a system message before the task")
     max_steps: int = arg(8, "model answers at most (each may call several tools)", lo=1)
     max_tokens: int = arg(2048, "generated tokens at most, all answers together", lo=1)
@@ -148,11 +155,23 @@ def run_agent(c: AgentConfig, out: str | Path) -> dict:
         raise AgentError("give the task as the first argument")
     if bool(c.model_dir) == bool(c.base_url):
         raise AgentError("give either a model directory (--model-dir) or --base-url")
-    tools = {}
-    for name in filter(None, (t.strip() for t in c.tools.split(","))):
-        if name not in AGENT_TOOLS:
-            raise AgentError(f"--tools: no tool {name!r}; tools: {', '.join(AGENT_TOOLS)}")
-        tools[name] = AGENT_TOOLS[name]
+    site = Site(c.web, tuple(filter(None, c.allow_hosts.split(",")))) if c.web else None
+    try:
+        available = AGENT_TOOLS | (site.tools() if site else {})
+        names = [t.strip() for t in c.tools.split(",") if t.strip()]
+        names += [t for t in ("search", "open") if site and t not in names]
+        tools = {}
+        for name in names:
+            if name not in available:
+                raise AgentError(f"--tools: no tool {name!r}; tools: {', '.join(available)}")
+            tools[name] = available[name]
+        return _run(c, out, tools)
+    finally:
+        if site:
+            site.close()
+
+
+def _run(c: AgentConfig, out: str | Path, tools: dict) -> dict:
     model = (
         LocalModel(c.model_dir, c.dtype)
         if c.model_dir
