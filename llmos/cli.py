@@ -120,6 +120,8 @@ def add_config_flags(p: argparse.ArgumentParser, cls) -> None:
         text = meta.get("help", "")
         kw: dict = {"choices": meta.get("choices")}
         if meta.get("positional"):
+            if meta["positional"] == "optional":
+                kw |= {"nargs": "?", "default": default}
             p.add_argument(f.name, help=text, **kw)
             continue
         flag = "--" + f.name.replace("_", "-")

@@ -190,7 +190,7 @@ def fetch_package(package: str, version: str) -> Path:
 def arg(
     default=dataclasses.MISSING,
     help: str = "",
-    positional: bool = False,
+    positional: bool | str = False,
     required: bool = False,
     choices=None,
     lo: float | None = None,
@@ -198,7 +198,8 @@ def arg(
 ):
     """A config dataclass field whose `help` is what its command-line flag's --help says.
 
-    `positional` makes it an argument without a flag (a model directory), `required` a flag
+    `positional` makes it an argument without a flag (a model directory; "optional": one that
+    may be left out), `required` a flag
     that must be given; a list default is copied per instance and its flag repeats
     (`--stop A --stop B`). `lo` and `hi` bound a number (inclusive): `check_config` and the
     command line refuse values outside them."""

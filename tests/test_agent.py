@@ -14,8 +14,8 @@ from llmos.cli import main
 
 
 class Script:
-    """An endpoint that answers /chat/completions with the next scripted message, and keeps
-    every request it got (to check what the loop sent)."""
+    """An endpoint that answers /chat/completions with the next scripted message (or what a
+    function of the request returns), and keeps every request it got."""
 
     def __init__(self, answers):
         self.answers, self.requests = list(answers), []
@@ -26,6 +26,7 @@ class Script:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 script.requests.append(body)
                 msg = script.answers.pop(0) if script.answers else {"content": "done"}
+                msg = msg(body) if callable(msg) else msg  # a step that reads the conversation
                 reply = {
                     "choices": [{"message": {"role": "assistant", **msg}}],
                     "usage": {"completion_tokens": 10},

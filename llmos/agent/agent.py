@@ -16,6 +16,7 @@ line, as they happen), the files tools made (`files/`, e.g. a PNG plot from `pyt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -25,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.agent.browser import Site
+from llmos.agent.browser import Site, demo_web
+from llmos.agent.scenarios import company, funding_task, score_funding
 from llmos.agent.tools import AGENT_TOOLS, run_tool
 from llmos.chat_format import ToolCallError, parse_tool_call, render
 from llmos.checkpoint import load_model
@@ -36,7 +38,7 @@ from llmos.tokenizer import Tokenizer
 
 @dataclass
 class AgentConfig:
-    task: str = arg("", "the task, given to the model as the user's message", positional=True)
+    task: str = arg("", "the task, given to the model as the user's message", positional="optional")
     model_dir: str = arg("", "an llmos model directory (or --base-url for an endpoint)")
     base_url: str = arg("", "an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
     api_key: str = arg("", "the endpoint's key (empty: $OPENAI_API_KEY)")
@@ -48,6 +50,12 @@ class AgentConfig:
         "(`llmos web demo` writes the demo web)",
     )
     allow_hosts: str = arg("", "hosts `open` may read besides loopback, comma-separated")
+    scenario: str = arg(
+        "",
+        "a built-in task with a checker instead of TASK: funding (needs --company)",
+        choices=["", "funding"],
+    )
+    company: str = arg("", "the company of the funding scenario (one of the demo web's)")
     system: str = arg("", "a system message before the task")
     max_steps: int = arg(8, "model answers at most (each may call several tools)", lo=1)
     max_tokens: int = arg(2048, "generated tokens at most, all answers together", lo=1)
@@ -151,8 +159,18 @@ class Trace:
 
 def run_agent(c: AgentConfig, out: str | Path) -> dict:
     """Run c.task to a final answer in a new directory under `out`; the summary it reports."""
+    if c.scenario == "funding":  # the showcase: its task, the demo web, all four tools
+        try:
+            company(c.company)
+        except ValueError as e:
+            raise AgentError(f"--company: {e}") from None
+        web = Path(out) / "demo-web"
+        demo_web(web)
+        c = dataclasses.replace(
+            c, task=funding_task(c.company), web=str(web), tools="calculator,python"
+        )
     if not c.task:
-        raise AgentError("give the task as the first argument")
+        raise AgentError("give the task as the first argument (or --scenario)")
     if bool(c.model_dir) == bool(c.base_url):
         raise AgentError("give either a model directory (--model-dir) or --base-url")
     site = Site(c.web, tuple(filter(None, c.allow_hosts.split(",")))) if c.web else None
@@ -225,11 +243,17 @@ def _run(c: AgentConfig, out: str | Path, tools: dict) -> dict:
         else:
             reason = f"step limit of {c.max_steps}"
     summary = {"answer": answer, "stopped": reason, "steps": step, "tokens": tokens,
-               "seconds": round(time.monotonic() - trace.t0, 2), "dir": str(run)}  # fmt: skip
+               "seconds": round(time.monotonic() - trace.t0, 2), "dir": str(run),
+               "tools": list(tools)}  # fmt: skip
+    if c.scenario == "funding":
+        files = [p for r in trace.rows if r["type"] == "result" for p in r["files"]]
+        summary["score"] = score_funding(answer or "", files, c.company)
     trace.add("end", **summary)
     trace.f.close()
     _write_report(run, c, trace.rows, summary)
     print(f"{'answer' if answer is not None else 'stopped'} ({reason}); trace in {run}")
+    if "score" in summary:
+        print(f"score: {json.dumps(summary['score'])}")
     return summary
 
 
@@ -249,9 +273,10 @@ def _run_call(call: dict, tools: dict) -> tuple[str, dict, float]:
 
 
 def _write_report(run: Path, c: AgentConfig, rows: list[dict], summary: dict) -> None:
+    s = summary
     lines = [f"# Agent run\n\n- task: {c.task}\n- model: {c.model_dir or c.base_url}",
-             f"- tools: {c.tools}\n- ended: {summary['stopped']} after {summary['steps']} "
-             f"answers, {summary['tokens']} tokens, {summary['seconds']} s\n",
+             f"- tools: {', '.join(s['tools'])}\n- ended: {s['stopped']} after {s['steps']} "
+             f"answers, {s['tokens']} tokens, {s['seconds']} s\n",
              "## Answer\n", summary["answer"] or "(none)", "\n## Trace\n",
              "| t (s) | what | detail |", "|---|---|---|"]  # fmt: skip
     images = []
@@ -268,6 +293,13 @@ def _write_report(run: Path, c: AgentConfig, rows: list[dict], summary: dict) ->
             )
             images += [p for p in r["files"] if p.endswith((".png", ".jpg", ".svg"))]
     lines += [f"\n![{p}]({p})" for p in images]
+    if "score" in summary:
+        lines += [
+            "\n## Score (the scenario's checker)\n",
+            "```",
+            json.dumps(summary["score"], indent=2),
+            "```",
+        ]
     atomic_write_text(run / "report.md", "\n".join(lines) + "\n")
 
 
