@@ -51,4 +51,5 @@ $(BIN)/.bench: $(BIN)/.test
 bench: $(BIN)/.bench
 	$(BIN)/python bench/train.py $(if $(NANOGPT),--nanogpt $(NANOGPT))
 	$(BIN)/python bench/infer.py
+	$(BIN)/python bench/agent.py
 	$(BIN)/python bench/serve.py
