@@ -150,10 +150,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a reader that stops early (open reads 1 MiB of a larger page) resets the socket
+
+
 def serve_dir(root: str | Path, port: int = 0) -> tuple[str, http.server.ThreadingHTTPServer]:
     """Serve a directory on 127.0.0.1 in a thread: (base URL, server)."""
     handler = partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server = _Server(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/", server
 
