@@ -80,13 +80,13 @@ def test_native_engine_keeps_the_torch_engines_greedy_tokens(model, tok, monkeyp
     for e in (native, torch_engine):
         e.out = [c.ids for c in e.generate(prompts, GREEDY, n=2)]
     assert native.out == torch_engine.out
-    rows = torch.tensor([3, 7, 1])  # continuous batching: rows at their own positions
-    caches = [KVCache(model.cfg, 3, 16, torch.float32) for _ in range(2)]
+    tokens = torch.tensor([3, 7, 1])  # continuous batching: rows at their own positions
+    caches = [KVCache(model.cfg, 4, 16, torch.float32) for _ in range(2)]
     for c in caches:
         for k in c.k + c.v:
             k.normal_(generator=torch.Generator().manual_seed(1))
     got = [
-        e.model.decode_rows(rows, torch.tensor([4, 0, 9]), c)
+        e.model.decode_rows(tokens, torch.tensor([4, 0, 9]), c, [3, 0, 2])  # row 1 idle
         for e, c in zip((native, torch_engine), caches)
     ]
     assert (got[0] - got[1]).abs().max() <= 1e-4

@@ -20,15 +20,13 @@ import dataclasses
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.agent.browser import Site, demo_web
 from llmos.agent.scenarios import company, funding_task, score_funding
-from llmos.agent.tools import AGENT_TOOLS, run_tool
+from llmos.agent.tools import ToolError, pick_tools, run_tool
 from llmos.chat_format import ToolCallError, parse_tool_call, render
 from llmos.checkpoint import load_model
 from llmos.common import LlmosError, arg, atomic_write_text
@@ -73,29 +71,30 @@ class AgentError(LlmosError):
 
 
 class EndpointModel:
-    """Any OpenAI-compatible chat completions API (llmos serve, vLLM, llama.cpp's server...)."""
+    """Any OpenAI-compatible chat completions API (llmos serve, vLLM, llama.cpp's server...),
+    through the official `openai` client."""
 
-    def __init__(self, base_url: str, api_key: str, model: str):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.key, self.model = api_key or os.environ.get("OPENAI_API_KEY", ""), model
+    def __init__(self, base_url: str, api_key: str, model: str, timeout: float):
+        import openai
+
+        self.openai, self.model = openai, model
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "none"  # local servers need none
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=2)
+        self.url = f"{self.client.base_url}chat/completions"
 
     def answer(self, messages: list[dict], tools: list[dict], c: AgentConfig, budget: int):
-        body = {"model": self.model, "messages": messages, "temperature": c.temperature}
-        body |= {"max_tokens": budget} | ({"tools": tools} if tools else {})
-        req = urllib.request.Request(
-            self.url,
-            json.dumps(body).encode(),
-            {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"},
-        )
         try:
-            with urllib.request.urlopen(req, timeout=c.max_seconds) as r:
-                reply = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            raise AgentError(f"{self.url}: HTTP {e.code}: {e.read()[:500]!r}") from None
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise AgentError(f"{self.url}: {e}") from None
-        msg = reply["choices"][0]["message"]
-        used = reply.get("usage", {}).get("completion_tokens", 0)
+            r = self.client.chat.completions.create(
+                model=self.model, messages=messages, temperature=c.temperature,
+                max_tokens=budget, **({"tools": tools} if tools else {}),
+            )  # fmt: skip
+        except self.openai.APIStatusError as e:
+            raise AgentError(f"{self.url}: HTTP {e.status_code}: {e.message}") from None
+        except self.openai.APIError as e:  # connection refused, timeout, a reply not JSON
+            why = f" ({e.__cause__})" if e.__cause__ else ""
+            raise AgentError(f"{self.url}: {e}{why}") from None
+        msg = r.choices[0].message.model_dump(exclude_none=True)
+        used = r.usage.completion_tokens if r.usage else 0
         return {k: msg[k] for k in ("role", "content", "tool_calls") if msg.get(k)}, used
 
 
@@ -175,14 +174,11 @@ def run_agent(c: AgentConfig, out: str | Path) -> dict:
         raise AgentError("give either a model directory (--model-dir) or --base-url")
     site = Site(c.web, tuple(filter(None, c.allow_hosts.split(",")))) if c.web else None
     try:
-        available = AGENT_TOOLS | (site.tools() if site else {})
-        names = [t.strip() for t in c.tools.split(",") if t.strip()]
-        names += [t for t in ("search", "open") if site and t not in names]
-        tools = {}
-        for name in names:
-            if name not in available:
-                raise AgentError(f"--tools: no tool {name!r}; tools: {', '.join(available)}")
-            tools[name] = available[name]
+        names = c.tools + "".join(f",{t}" for t in ("search", "open") if site)
+        try:
+            tools = pick_tools(names, site.tools() if site else None)
+        except ToolError as e:
+            raise AgentError(f"--tools: {e}") from None
         return _run(c, out, tools)
     finally:
         if site:
@@ -193,7 +189,7 @@ def _run(c: AgentConfig, out: str | Path, tools: dict) -> dict:
     model = (
         LocalModel(c.model_dir, c.dtype)
         if c.model_dir
-        else EndpointModel(c.base_url, c.api_key, c.model)
+        else EndpointModel(c.base_url, c.api_key, c.model, c.max_seconds)
     )
     run = Path(out) / time.strftime("%Y%m%d-%H%M%S")
     trace = Trace(run)

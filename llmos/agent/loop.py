@@ -28,12 +28,15 @@ def assistant_turn(
     on_message: Callable[[dict], None] | None = None,
     on_text: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    save_files: Callable[[dict[str, bytes]], list[dict]] | None = None,
 ) -> list[dict]:
     """The assistant's reply to a conversation: the new messages (assistant, tool, ...,
     assistant). A malformed call or a failing tool becomes a result the model sees, never a
     crash. `on_message` sees each new message as it completes, `on_text` the assistant's text
     as it streams (the tool-call JSON excluded). `should_stop()` true ends the turn at the next
-    token (a user pressed stop, a client hung up)."""
+    token (a user pressed stop, a client hung up). Files a tool made (a plot from `python`) go
+    to `save_files`, whose descriptions ({"name", "url", "type"}) the tool message carries as
+    "attachments"; without it they are dropped (the result text still names them)."""
     tools = TOOLS if tools is None else tools
     tok, sp = model.tok, model.tok.special_ids
     specials = set(sp.values())
@@ -80,7 +83,9 @@ def assistant_turn(
                 ],
             }
         )
-        new.append({"role": "tool", "tool_call_id": call_id, "content": result})
+        new.append({"role": "tool", "tool_call_id": call_id, "content": str(result)})
+        if save_files and getattr(result, "files", None):
+            new[-1]["attachments"] = save_files(result.files)
         # The result continues the sequence exactly as the renderer would write it:
         # ...<|/tool_call|><|end|><|tool|>result<|end|><|assistant|>
         seq.append([end, sp["<|tool|>"], *tok.encode(result), end, sp["<|assistant|>"]])

@@ -250,6 +250,18 @@ AGENT_TOOLS = {
 }
 
 
+def pick_tools(names: str, extra: dict | None = None) -> dict:
+    """The tools named in a comma-separated list, from the built-in ones and `extra` (a
+    site's search and open); an unknown name is an error that lists the known ones."""
+    available = AGENT_TOOLS | (extra or {})
+    picked = {}
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        if name not in available:
+            raise ToolError(f"no tool {name!r}; tools: {', '.join(available)}")
+        picked[name] = available[name]
+    return picked
+
+
 def run_tool_call(text: str, tools: dict = TOOLS) -> tuple[dict | None, str]:
     """Parse a tool call the model wrote and run it: (the call, or None if malformed; result).
 

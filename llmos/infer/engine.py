@@ -163,23 +163,30 @@ class Decoder:
         return self._head(x[:, -1:] if last_only else x)
 
     @torch.inference_mode()
-    def decode_rows(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache):
-        """One decode step for rows 0..B-1 of `cache`, each at its own position: token b is
-        written at pos[b] of row b and attends to that row's first pos[b] + 1 entries. This is
-        what continuous batching needs: requests of different ages share one batched matmul.
-        Returns logits (B, V)."""
-        B = tokens.shape[0]
-        L = int(pos.max()) + 1
-        cos, sin = (t[pos][:, None, None] for t in self._rope(L))
-        mask = (torch.arange(L)[None, :] <= pos[:, None])[:, None, None]  # (B, 1, 1, L)
-        rows = torch.arange(B)
+    def decode_rows(self, tokens, pos, cache: KVCache, rows) -> torch.Tensor:
+        """One decode step for some rows of `cache`, each at its own position: token i is
+        written at pos[i] of row rows[i] and attends to that row's first pos[i] + 1 entries.
+        This is what continuous batching needs: requests of different ages share one batched
+        matmul. Returns logits (len(rows), V).
+
+        Rows 0..max(rows) all run, the idle ones among them with token 0 at position 0 (a key
+        nobody reads): a gather of just the given rows would copy the cache every step, while
+        an idle row costs only its share of one matmul."""
+        rows = torch.as_tensor(rows)
+        B = int(rows.max()) + 1
+        tok, at = torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+        tok[rows], at[rows] = torch.as_tensor(tokens, dtype=torch.long), torch.as_tensor(pos)
+        L = int(at.max()) + 1
+        cos, sin = (t[at][:, None, None] for t in self._rope(L))
+        mask = (torch.arange(L)[None, :] <= at[:, None])[:, None, None]  # (B, 1, 1, L)
+        every = torch.arange(B)
 
         def kv(i, k, v):  # scatter the new entry at each row's position, attend to the prefix
-            cache.k[i][rows, :, pos] = k[:, :, 0]
-            cache.v[i][rows, :, pos] = v[:, :, 0]
+            cache.k[i][every, :, at] = k[:, :, 0]
+            cache.v[i][every, :, at] = v[:, :, 0]
             return cache.k[i][:B, :, :L], cache.v[i][:B, :, :L]
 
-        return self._head(self._layers(tokens.view(B, 1), cos, sin, mask, False, kv))[:, -1]
+        return self._head(self._layers(tok.view(B, 1), cos, sin, mask, False, kv))[rows, -1]
 
     def _rope(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary tables for at least n positions. Replaced as one tuple, never mutated, so two

@@ -114,67 +114,73 @@ static float dot(const float *a, const float *b, int n) {
     return s;
 }
 
-/* out[0..3] = rows r..r+3 of W dotted with x (for Q8: xq, xd, the quantized x). r is a
-   multiple of 4, cols a multiple of 8 (32 for Q8): native.py checks both. */
-static void dot4(float *out, const Matrix *W, int r, const float *x, const int8_t *xq,
-                 const float *xd) {
+/* out[t * ldo + 0..3] = rows r..r+3 of W dotted with token t's activations (x + t * ldx;
+   for Q8: xq + t * ldx and xd + t * (ldx / QK), the quantized x), for nt <= 3 tokens. r is a
+   multiple of 4, cols a multiple of 8 (32 for Q8): native.py checks both. Each weight vector
+   loaded serves all nt tokens (a GEMM micro-kernel of 4 rows x 3 tokens: 12 accumulators and
+   one weight and three x registers, all 16 AVX2 registers); nt is a constant at each call
+   site, so the compiler unrolls the token loops and keeps the arrays in registers. */
+static inline void dot4(float *out, size_t ldo, const Matrix *W, int r, const float *x,
+                        size_t ldx, const int8_t *xq, const float *xd, const int nt) {
     const int n = W->cols, nb = n / QK;
     const size_t group = (size_t)(r / 4);
 #ifdef __AVX2__
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    if (W->kind == F32) {
-        const float *w = (const float *)W->w + group * 4 * n;
-        for (int i = 0; i < n; i += 8, w += 32) {
-            __m256 xv = _mm256_loadu_ps(x + i);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w), xv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 8), xv, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 16), xv, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 24), xv, a3);
-        }
-    } else if (W->kind == BF16) {
-        const uint16_t *w = (const uint16_t *)W->w + group * 4 * n;
-        for (int i = 0; i < n; i += 8, w += 32) {
-            __m256 xv = _mm256_loadu_ps(x + i);
-            a0 = _mm256_fmadd_ps(load_bf16(w), xv, a0);
-            a1 = _mm256_fmadd_ps(load_bf16(w + 8), xv, a1);
-            a2 = _mm256_fmadd_ps(load_bf16(w + 16), xv, a2);
-            a3 = _mm256_fmadd_ps(load_bf16(w + 24), xv, a3);
+    __m256 acc[3][4];
+    for (int t = 0; t < nt; t++)
+        for (int k = 0; k < 4; k++) acc[t][k] = _mm256_setzero_ps();
+    if (W->kind == F32 || W->kind == BF16) {
+        const float *w32 = (const float *)W->w + group * 4 * n;
+        const uint16_t *w16 = (const uint16_t *)W->w + group * 4 * n;
+        for (int i = 0; i < n; i += 8) {
+            __m256 xv[3];
+            for (int t = 0; t < nt; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + i);
+            for (int k = 0; k < 4; k++) {
+                size_t at = (size_t)i * 4 + k * 8;
+                __m256 wv = W->kind == F32 ? _mm256_loadu_ps(w32 + at) : load_bf16(w16 + at);
+                for (int t = 0; t < nt; t++) acc[t][k] = _mm256_fmadd_ps(wv, xv[t], acc[t][k]);
+            }
         }
     } else {
         const uint8_t *g = (const uint8_t *)W->w + group * nb * Q8_GROUP;
         for (int b = 0; b < nb; b++, g += Q8_GROUP) {
             const float *sc = (const float *)g;
             const __m256i *q = (const __m256i *)(g + 16);
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-            a0 = q8_block(_mm256_loadu_si256(q), xv, sc[0] * xd[b], a0);
-            a1 = q8_block(_mm256_loadu_si256(q + 1), xv, sc[1] * xd[b], a1);
-            a2 = q8_block(_mm256_loadu_si256(q + 2), xv, sc[2] * xd[b], a2);
-            a3 = q8_block(_mm256_loadu_si256(q + 3), xv, sc[3] * xd[b], a3);
+            __m256i xv[3];
+            for (int t = 0; t < nt; t++)
+                xv[t] = _mm256_loadu_si256((const __m256i *)(xq + t * ldx + b * QK));
+            for (int k = 0; k < 4; k++) {
+                __m256i wk = _mm256_loadu_si256(q + k);
+                for (int t = 0; t < nt; t++)
+                    acc[t][k] = q8_block(wk, xv[t], sc[k] * xd[t * (ldx / QK) + b], acc[t][k]);
+            }
         }
     }
-    _mm_storeu_ps(out, hsum4(a0, a1, a2, a3));
+    for (int t = 0; t < nt; t++)
+        _mm_storeu_ps(out + t * ldo, hsum4(acc[t][0], acc[t][1], acc[t][2], acc[t][3]));
 #else
     /* the same sums in plain C, on the same packed layout */
-    for (int k = 0; k < 4; k++) out[k] = 0;
-    if (W->kind == Q8) {
-        const uint8_t *g = (const uint8_t *)W->w + group * nb * Q8_GROUP;
-        for (int b = 0; b < nb; b++, g += Q8_GROUP)
-            for (int k = 0; k < 4; k++) {
-                const int8_t *q = (const int8_t *)(g + 16) + k * QK;
-                int32_t acc = 0;
-                for (int t = 0; t < QK; t++) acc += (int32_t)q[t] * xq[b * QK + t];
-                out[k] += ((const float *)g)[k] * xd[b] * (float)acc;
-            }
-        return;
+    for (int t = 0; t < nt; t++, out += ldo, x += ldx, xq += ldx, xd += ldx / QK) {
+        for (int k = 0; k < 4; k++) out[k] = 0;
+        if (W->kind == Q8) {
+            const uint8_t *g = (const uint8_t *)W->w + group * nb * Q8_GROUP;
+            for (int b = 0; b < nb; b++, g += Q8_GROUP)
+                for (int k = 0; k < 4; k++) {
+                    const int8_t *q = (const int8_t *)(g + 16) + k * QK;
+                    int32_t acc = 0;
+                    for (int u = 0; u < QK; u++) acc += (int32_t)q[u] * xq[b * QK + u];
+                    out[k] += ((const float *)g)[k] * xd[b] * (float)acc;
+                }
+            continue;
+        }
+        for (int i = 0; i < n; i += 8)
+            for (int k = 0; k < 4; k++)
+                for (int u = 0; u < 8; u++) {
+                    size_t at = group * 4 * n + (size_t)i * 4 + k * 8 + u;
+                    float w = W->kind == F32 ? ((const float *)W->w)[at]
+                                             : bf16_to_f32(((const uint16_t *)W->w)[at]);
+                    out[k] += w * x[i + u];
+                }
     }
-    for (int i = 0; i < n; i += 8)
-        for (int k = 0; k < 4; k++)
-            for (int t = 0; t < 8; t++) {
-                size_t at = group * 4 * n + (size_t)i * 4 + k * 8 + t;
-                float w = W->kind == F32 ? ((const float *)W->w)[at]
-                                         : bf16_to_f32(((const uint16_t *)W->w)[at]);
-                out[k] += w * x[i + t];
-            }
 #endif
 }
 
@@ -210,10 +216,17 @@ static void matmul(float *out, const float *x, int n, const Matrix *W) {
 #pragma omp parallel for schedule(static)
     for (int r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
         int r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
-        for (int j = 0; j < n; j++) {
-            for (int r = r0; r < r1; r += 4)
-                dot4(out + (size_t)j * rows + r, W, r, x + (size_t)j * cols,
-                     qx.q + (size_t)j * cols, qx.d + (size_t)j * (cols / QK));
+        for (int j = 0; j < n; j += 3) { /* tokens three at a time, then the rest */
+            const int nt = n - j < 3 ? n - j : 3;
+            float *o = out + (size_t)j * rows;
+            const float *xj = x + (size_t)j * cols;
+            const int8_t *qj = qx.q + (size_t)j * cols;
+            const float *dj = qx.d + (size_t)j * (cols / QK);
+            for (int r = r0; r < r1; r += 4) {
+                if (nt == 3) dot4(o + r, rows, W, r, xj, cols, qj, dj, 3);
+                else if (nt == 2) dot4(o + r, rows, W, r, xj, cols, qj, dj, 2);
+                else dot4(o + r, rows, W, r, xj, cols, qj, dj, 1);
+            }
         }
     }
     free(qx.q);

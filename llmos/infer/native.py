@@ -282,8 +282,8 @@ class NativeDecoder:
         return logits.view(B, 1 if last_only else T, -1)
 
     @torch.inference_mode()
-    def decode_rows(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache):
-        """One decode step for rows 0..B-1, token b at pos[b] of row b (as Decoder's)."""
-        B = tokens.shape[0]
-        rows = np.arange(B)
-        return self.step(tokens.numpy(), rows, pos.numpy(), np.zeros(B), cache, rows)
+    def decode_rows(self, tokens, pos, cache: KVCache, rows) -> torch.Tensor:
+        """One decode step for the given cache rows, token i at pos[i] of row rows[i] (as
+        Decoder's). Only those rows run: each token carries its own row."""
+        rows = np.asarray(rows)
+        return self.step(tokens, rows, pos, np.zeros(len(rows)), cache, np.arange(len(rows)))

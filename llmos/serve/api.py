@@ -26,6 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos.agent.browser import Site
+from llmos.agent.tools import ToolError, pick_tools
 from llmos.chat_format import (
     ConversationError,
     ToolCallError,
@@ -59,6 +61,12 @@ class ServeConfig:
     max_n: int = arg(8, "the largest n (choices per request)", lo=1)
     max_prompt_tokens: int = arg(0, "the longest prompt; 0: the context minus one", lo=0)
     db: str = arg("", "the web chat's SQLite file; empty: chats.sqlite in the llmos cache")
+    tools: str = arg(
+        "calculator",
+        "tools the web chat's assistant may call, run on the server: calculator, python "
+        "(sandboxed; its plots show in the chat), search and open (with --web)",
+    )
+    web: str = arg("", "a directory of pages served on loopback for the search and open tools")
     request_timeout: float = arg(
         600.0,
         "seconds a request may take, waiting included; then it ends as if out of tokens",
@@ -387,11 +395,19 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
     if not c.db:
         c.db = str(cache_dir() / "chats.sqlite")
     store = ChatStore(c.db)
+    site = Site(c.web) if c.web else None
+    try:
+        names = c.tools + "".join(f",{t}" for t in ("search", "open") if site)
+        tools = pick_tools(names, site.tools() if site else None)
+    except ToolError as e:
+        raise ToolError(f"--tools: {e}") from None
 
     @asynccontextmanager
     async def lifespan(_):
         yield
         served.batcher.close()
+        if site:
+            site.close()
 
     app = FastAPI(title="llmos", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.served = served
@@ -530,7 +546,7 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    add_web_chat(app, store, served.batcher)
+    add_web_chat(app, store, served.batcher, tools, Path(c.db).parent / "files")
     return app
 
 

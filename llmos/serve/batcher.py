@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from llmos.infer.engine import Engine, SamplingConfig, TextState, sample_next
@@ -176,7 +177,7 @@ class Batcher:
         self._advance([b], logits)
 
     def _step(self) -> None:
-        """One decode step for every running row (idle rows below the highest run along)."""
+        """One decode step for every running row, each at its own position."""
         now = time.monotonic()
         for b, row in enumerate(self.rows):
             if row is not None and row.req.cancelled:
@@ -187,17 +188,12 @@ class Batcher:
         live = [b for b, row in enumerate(self.rows) if row is not None]
         if not live:
             return
-        # Decode rows 0..hi-1 in one batch, even the free ones among them: a gather of live
-        # rows would copy the cache every step, while a free row costs only its share of one
-        # matmul (its token 0 at position 0 writes a key nobody reads). Rows keep their slot
-        # for life, so the batch narrows again as the highest rows finish.
-        hi = live[-1] + 1
-        tokens = torch.tensor([r.last if r else 0 for r in self.rows[:hi]])
-        pos = torch.tensor([r.pos if r else 0 for r in self.rows[:hi]])
-        logits = self.decoder.decode_rows(tokens, pos, self.cache)
+        tokens = np.array([self.rows[b].last for b in live])
+        pos = np.array([self.rows[b].pos for b in live])
+        logits = self.decoder.decode_rows(tokens, pos, self.cache, live)
         for b in live:
             self.rows[b].pos += 1
-        self._advance(live, logits[live])
+        self._advance(live, logits)
 
     def _free(self, b: int) -> None:
         self.rows[b] = None

@@ -1,18 +1,21 @@
 """The web chat's routes: the page at / (static files, no CDN), its conversations in SQLite
-under /api/conversations, and /api/chat, which runs an assistant turn with its tool calls on
-the server (the agent loop, through the batcher) and streams what happens to the page."""
+under /api/conversations, /api/chat, which runs an assistant turn with its tool calls on the
+server (the tool loop of `llmos chat`, through the batcher) and streams what happens to the
+page, and /files/ID/NAME, the files those tools made (a python plot), shown inline."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 import re
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -29,6 +32,14 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+# Tools' files are shown inline only as raster images; anything else (an SVG can hold a
+# script) is a download, and no file may run anything if opened by itself.
+INLINE = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+FILE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "X-Content-Type-Options": "nosniff",
+}
+NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 
 
 class ChatTurnBody(BaseModel):
@@ -44,7 +55,41 @@ class ConversationBody(BaseModel):
     settings: dict[str, Any] | None = None
 
 
-def add_web_chat(app: FastAPI, store: ChatStore, batcher: Batcher) -> None:
+def add_web_chat(
+    app: FastAPI, store: ChatStore, batcher: Batcher, tools: dict, files_dir: Path
+) -> None:
+    """`tools`: what the assistant may call in the web chat; `files_dir`: where the files
+    they make are kept, each call's under an unguessable id."""
+
+    def save_files(files: dict[str, bytes]) -> list[dict]:
+        # The id is the capability: /files/ needs no API key (an <img> cannot send one), so
+        # a file is reachable only by whoever was shown its URL (128 random bits).
+        fid = secrets.token_urlsafe(16)
+        (files_dir / fid).mkdir(parents=True)
+        out = []
+        for name, data in files.items():
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip("._")[:100] or "file"
+            (files_dir / fid / name).write_bytes(data)
+            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            out.append({"name": name, "url": f"/files/{fid}/{name}", "type": kind})
+        return out
+
+    @app.get("/files/{fid}/{name}")
+    async def tool_file(fid: str, name: str):
+        path = files_dir / fid / name
+        if not (re.fullmatch(r"[A-Za-z0-9_-]{22}", fid) and re.fullmatch(NAME, name)):
+            raise APIError(404, "no such file", code="not_found")
+        if not path.is_file():
+            raise APIError(404, "no such file", code="not_found")
+        kind = mimetypes.guess_type(name)[0]
+        if kind in INLINE:
+            return FileResponse(path, media_type=kind, headers=FILE_HEADERS)
+        return Response(
+            path.read_bytes(),
+            media_type="application/octet-stream",
+            headers={**FILE_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
     @app.get("/")
     async def index():
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
@@ -92,9 +137,11 @@ def add_web_chat(app: FastAPI, store: ChatStore, batcher: Batcher) -> None:
                     batcher,
                     messages,
                     s,
+                    tools=tools,
                     on_text=lambda piece: emit({"type": "text", "text": piece}),
                     on_message=lambda m: emit({"type": "message", "message": m}),
                     should_stop=gone.is_set,
+                    save_files=save_files,
                 )
             except Exception as e:  # the page shows it; the server goes on
                 emit({"type": "error", "message": f"{type(e).__name__}: {e}"})

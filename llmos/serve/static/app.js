@@ -75,6 +75,7 @@ function bubble(m) {
   if (m.role === "assistant") div.innerHTML = markdown(m.content || "");
   else if (m.role === "tool") div.textContent = "tool result: " + m.content;
   else div.textContent = m.content || "";
+  for (const a of m.attachments || []) div.appendChild(attachment(a));
   if (m.tool_calls) {
     for (const c of m.tool_calls) {
       const t = document.createElement("div");
@@ -86,6 +87,25 @@ function bubble(m) {
   $("messages").appendChild(div);
   div.scrollIntoView({ block: "end" });
   return div;
+}
+
+// A file a tool made (a python plot): a raster image is shown inline, anything else is a
+// download link. Only this server's /files/ URLs are used, whatever a stored message says.
+function attachment(a) {
+  const url = typeof a.url === "string" && /^\/files\/[\w-]+\/[\w.-]+$/.test(a.url) ? a.url : null;
+  if (!url) return document.createTextNode("");
+  const fig = document.createElement("figure");
+  if (/^image\/(png|jpeg|gif|webp)$/.test(a.type)) {
+    const img = document.createElement("img");
+    img.src = url; img.alt = a.name; img.className = "attachment";
+    fig.appendChild(img);
+  }
+  const link = document.createElement("a");
+  link.href = url; link.textContent = a.name; link.download = a.name;
+  const cap = document.createElement("figcaption");
+  cap.appendChild(link);
+  fig.appendChild(cap);
+  return fig;
 }
 
 function showMessages() {
