@@ -154,12 +154,46 @@ CHAT_TEMPLATE = (
 )
 
 
+# For templates that know nothing of tools (SmolLM2-135M's): the Hermes convention, which the
+# Qwen 2.5 and Hermes templates write themselves.
+HERMES_TOOLS = (
+    "You may call one or more functions to assist with the user query. The functions are "
+    "listed within <tools></tools> tags:\n<tools>\n{tools}\n</tools>\n\nFor each call, "
+    "return a JSON object with the function name and arguments within <tool_call></tool_call> "
+    'tags:\n<tool_call>\n{{"name": <function-name>, "arguments": <args-json-object>}}\n'
+    "</tool_call>"
+)
+
+
+def hermes_messages(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The conversation as a template without tool support can show it: the tool specs in the
+    system message, and each earlier call as <tool_call> text in its assistant message (a
+    template that ignores `tool_calls` would otherwise drop them, and the model would see
+    results of calls it never made)."""
+    out = [dict(m) for m in messages]
+    for m in out:
+        calls = m.pop("tool_calls", None) or []
+        if calls:
+            tags = "".join(f"<tool_call>\n{tool_call_json(c)}\n</tool_call>" for c in calls)
+            m["content"] = ((m.get("content") or "") + "\n" + tags).strip()
+    if tools:
+        listed = HERMES_TOOLS.format(tools="\n".join(json.dumps(t) for t in tools))
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = f"{out[0].get('content') or ''}\n\n{listed}".strip()
+        else:
+            out.insert(0, {"role": "system", "content": listed})
+    return out
+
+
 def template_text(tok, messages: list[dict], add_generation_prompt: bool, tools=None) -> str:
-    """A conversation through the model's own Jinja chat template (as transformers does)."""
+    """A conversation through the model's own Jinja chat template (as transformers does). A
+    template that does not mention tools gets them, and earlier calls, in Hermes' format."""
     import jinja2
 
     if not tok.chat_template:
         raise ConversationError("this tokenizer has no chat template (a base model?)")
+    if "tool" not in tok.chat_template:
+        messages, tools = hermes_messages(messages, tools), None
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
     return env.from_string(tok.chat_template).render(

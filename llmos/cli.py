@@ -162,7 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    # Libraries' info lines (httpx: one per HTTP request; bm25s: one per index, at a level it
+    # sets itself on import) are noise here; their warnings are not.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(
+        lambda r: r.name == "root" or r.name.startswith("llmos") or r.levelno >= logging.WARNING
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     args = build_parser().parse_args(argv)
     v: Verb = args.verb_entry
     c = v.config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(v.config)})

@@ -82,6 +82,10 @@ def test_layers():
             assert not {d for d in deps if d.startswith("llmos.train")}, m
         if m.startswith("llmos.data"):
             assert not {d for d in deps if d.startswith(("llmos.train", "llmos.infer"))}, m
+        if m.startswith(("llmos.infer", "llmos.agent")):  # tasks sit below the agent
+            assert not {d for d in deps if d.startswith(("llmos.tasks", "llmos.train"))}, m
+        if m.startswith("llmos.tasks"):
+            assert not {d for d in deps if d.startswith(("llmos.train", "llmos.serve"))}, m
     kernel = ["common", "config", "model", "tokenizer", "chat_format", "checkpoint"]
     for m in kernel:
         above = {d for d in reachable(f"llmos.{m}", graph) if d[6:] not in kernel}

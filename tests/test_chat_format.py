@@ -1,9 +1,17 @@
 """The conversation renderer against transformers' apply_chat_template, the loss mask, and the
 one tool-call parser."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from llmos.chat_format import ToolCallError, hermes_tool_calls, parse_tool_call, render
+from llmos.chat_format import (
+    ToolCallError,
+    hermes_tool_calls,
+    parse_tool_call,
+    render,
+    template_text,
+)
 
 CALL = {
     "id": "c1",
@@ -81,3 +89,27 @@ def test_one_parser_reads_every_way_a_call_is_written():
     text = f"Sure. <tool_call>\n{call}\n</tool_call>"
     calls, rest = hermes_tool_calls(text + " <tool_call>{broken</tool_call>")
     assert calls == [want] and rest == "Sure.  <tool_call>{broken</tool_call>"
+
+
+CHATML = (  # SmolLM2-135M-Instruct's template: it knows nothing of tools
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_a_template_without_tools_gets_them_and_earlier_calls_in_hermes_format():
+    tok = SimpleNamespace(chat_template=CHATML, bos_token="", eos_token="")
+    spec = {"type": "function", "function": {"name": "calculator", "parameters": {}}}
+    text = template_text(tok, CONVERSATIONS[1], False, [spec])
+    # The tools are listed in the (existing) system message, after its own text.
+    system = text.split("<|im_end|>")[0]
+    assert system.startswith("<|im_start|>system\nBe brief.") and '"name": "calculator"' in system
+    # The earlier call is in its assistant message, where the model's parser reads it back.
+    turn = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+    calls, rest = hermes_tool_calls(turn)
+    assert calls == [{"name": "calculator", "arguments": {"expression": "12 * 34"}}] and rest == ""
+    # Without tools and calls the conversation renders as the template alone would.
+    plain = template_text(tok, CONVERSATIONS[0], True)
+    want = "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\nHi! I'm llmos."
+    assert plain == want + "<|im_end|>\n<|im_start|>assistant\n"

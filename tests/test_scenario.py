@@ -9,9 +9,11 @@ import shutil
 
 import pytest
 
+from llmos import tasks
 from llmos.agent.agent import AgentConfig, run_agent
-from llmos.agent.browser import companies
-from llmos.agent.scenarios import estimate, score_funding
+from llmos.agent.browser import Site, companies, demo_web
+from llmos.agent.scenarios import estimate, held_out, is_held_out, score_funding
+from llmos.agent.tools import calculate
 from tests.test_agent import Script, call
 
 
@@ -75,7 +77,7 @@ def replay(name: str) -> list:
             lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
         return {"content": "\n".join(lines) + "\n\nThe plot is valuation.png."}
 
-    first = {"tool_calls": [call("search", {"query": f"{name} company profile funding"})]}
+    first = {"tool_calls": [call("search", {"query": f"{name} funding rounds founded"})]}
     return [first, open_profile, open_rounds, compute, plot, answer]
 
 
@@ -118,3 +120,53 @@ def test_the_checker_holds_each_part():
     wrong[0] = (right[0][0], "1999-01-01", *right[0][2:])
     assert score_funding(table(c, wrong), ["v.png"], c["name"])["rows_right"] == len(right) - 1
     assert not score_funding("I could not find it.", ["v.png"], c["name"])["success"]
+
+
+def test_the_agent_tasks_traces_are_right_and_never_name_a_held_out_company(tmp_path):
+    train, held = tasks.generate("agent", 14), tasks.generate("agent", 3, split="eval")
+    assert not any(is_held_out(r["answer"]) for r in train)
+    assert [(r["web_seed"], r["answer"]) for r in held] == held_out(3)
+    for rec in train + held:  # the checker accepts every trace's final answer
+        assert tasks.reward(rec, rec["messages"][-1]["content"]) == 1.0, rec["answer"]
+    # The results in a trace are what the real tools return (the port aside): run each call
+    # of one trace again on a fresh demo web of the same seed.
+    rec = train[-1]
+    site = Site(demo_web(tmp_path / "web", seed=rec["web_seed"]))
+    try:
+        port = re.compile(r"http://127\.0\.0\.1:\d+/")
+        msgs = rec["messages"]
+        for m, result in zip(msgs[1::2], msgs[2::2]):
+            fn = m["tool_calls"][0]["function"]
+            args = {k: port.sub(site.url, v) for k, v in fn["arguments"].items()}
+            if fn["name"] == "python":
+                assert "valuation.png" in result["content"]
+                continue
+            again = (
+                calculate(args["expression"])
+                if fn["name"] == "calculator"
+                else site.tools()[fn["name"]]["fn"](args)
+            )
+            assert port.sub("", str(again)) == port.sub("", result["content"]), fn
+    finally:
+        site.close()
+    # The task fails a wrong table.
+    assert tasks.reward(held[0], "| Seed | 1999-01-01 | 1 | 2 |") == 0.0
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="bubblewrap not installed (python tool)")
+def test_agent_eval_on_held_out_companies(tmp_path):
+    runs = {}  # a scripted model that does the showcase right for whichever company it is asked
+
+    def expert(body):
+        name = re.match(r"Find the funding rounds of (\w+)\.", body["messages"][0]["content"])[1]
+        steps = runs.setdefault(name, replay(name))
+        step = steps.pop(0)
+        return step(body) if callable(step) else step
+
+    script = Script([expert] * 40)
+    cfg = AgentConfig(base_url=script.url, model="m", scenario="funding", eval=2)
+    s = run_agent(cfg, tmp_path)
+    assert s["companies"] == 2 and s["success"] == 1.0, s
+    assert [r["company"] for r in s["runs"]] == [name for _, name in held_out(2)]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "success: 100%" in report and json.loads((tmp_path / "eval" / "eval.json").read_text())

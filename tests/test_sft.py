@@ -33,13 +33,21 @@ def test_packed_rows_do_not_attend_across_conversations(tok):
     convs = [render(tok, c) for c in CONVERSATIONS]
     loader = PackedLoader(convs, batch_size=1, seq_len=511, pad_id=2, seed=0)
     x, y, seg = loader.next()
-    assert seg.max() >= 3  # three conversations and the padding in one row
+    assert seg.max() >= 2 and seg.min() == -1  # conversations, then padding (-1), in one row
     with torch.no_grad():
         packed = model(x, segments=seg)[0]
-        for k in range(int(seg.max())):
+        for k in range(int(seg.max()) + 1):
             where = (seg[0] == k).nonzero().flatten()
             alone = model(x[:, where])[0]
             assert (packed[where] - alone).abs().max() < 1e-4
+    # Rows of one conversation each take the causal fast path: the same loss as each alone.
+    n = len(convs[1][0])
+    x, y, seg = PackedLoader([convs[1]], batch_size=2, seq_len=n + 40, pad_id=2, seed=0).next()
+    assert seg.max() == 0 and (y[:, n:] == -1).all()
+    with torch.no_grad():
+        fast = model(x, y, segments=seg, reduction="sum")
+        alone = sum(model(x[r : r + 1, :n], y[r : r + 1, :n], reduction="sum") for r in range(2))
+    assert abs(fast.item() - alone.item()) < 1e-3 * abs(alone.item())
 
 
 def test_lora_trains_low_rank_updates_and_merges(base, tmp_path):

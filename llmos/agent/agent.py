@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.agent.browser import Site, demo_web
-from llmos.agent.scenarios import company, funding_task, score_funding
+from llmos.agent.scenarios import company, funding_task, held_out, score_funding
 from llmos.agent.tools import ToolError, pick_tools, run_tool
 from llmos.chat_format import ToolCallError, parse_tool_call, render
 from llmos.checkpoint import load_model
@@ -54,6 +54,13 @@ class AgentConfig:
         choices=["", "funding"],
     )
     company: str = arg("", "the company of the funding scenario (one of the demo web's)")
+    web_seed: int = arg(0, "the funding scenario's demo web: 0 is `llmos web demo`'s", lo=0)
+    eval: int = arg(
+        0,
+        "with --scenario funding: run the first N held-out companies (never in the agent "
+        "task's training traces) and report the success rate",
+        lo=0,
+    )
     system: str = arg("", "a system message before the task")
     max_steps: int = arg(8, "model answers at most (each may call several tools)", lo=1)
     max_tokens: int = arg(2048, "generated tokens at most, all answers together", lo=1)
@@ -157,21 +164,79 @@ class Trace:
 
 
 def run_agent(c: AgentConfig, out: str | Path) -> dict:
-    """Run c.task to a final answer in a new directory under `out`; the summary it reports."""
+    """Run c.task to a final answer in a new directory under `out`; the summary it reports.
+    With --eval, the funding scenario on held-out companies instead (`run_eval`)."""
+    if c.eval:
+        if c.scenario != "funding":
+            raise AgentError("--eval needs --scenario funding")
+        return run_eval(c, out)
     if c.scenario == "funding":  # the showcase: its task, the demo web, all four tools
-        try:
-            company(c.company)
-        except ValueError as e:
-            raise AgentError(f"--company: {e}") from None
-        web = Path(out) / "demo-web"
-        demo_web(web)
-        c = dataclasses.replace(
-            c, task=funding_task(c.company), web=str(web), tools="calculator,python"
-        )
+        c = _funding(c, out, c.company, c.web_seed)
     if not c.task:
         raise AgentError("give the task as the first argument (or --scenario)")
+    return _run_with_tools(c, _model(c), Path(out) / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def run_eval(c: AgentConfig, out: str | Path) -> dict:
+    """The funding scenario on the first c.eval held-out companies: eval.json and report.md in
+    `out`/eval, a run directory per company beside them."""
+    from tqdm import tqdm
+
+    model, rows = _model(c), []
+    root = Path(out) / "eval"
+    for seed, name in tqdm(held_out(c.eval), desc="agent eval", unit="company"):
+        s = _run_with_tools(_funding(c, out, name, seed), model, root / name)
+        run = {k: s[k] for k in ("steps", "tokens", "seconds", "stopped")}
+        rows.append({"company": name, "web_seed": seed, **s["score"], **run})
+    n = len(rows)
+    summary = {
+        "model": c.model_dir or c.base_url,
+        "companies": n,
+        "success": sum(r["success"] for r in rows) / n,
+        "all_rows_right": sum(r["rows_right"] == r["rows"] for r in rows) / n,
+        "estimate_ok": sum(r["estimate_ok"] for r in rows) / n,
+        "plot": sum(r["plot"] for r in rows) / n,
+        "runs": rows,
+    }
+    atomic_write_text(root / "eval.json", json.dumps(summary, indent=2) + "\n")
+    lines = [f"# Agent eval: the funding scenario on {n} held-out companies\n",
+             f"- model: {summary['model']}",
+             *(f"- {k.replace('_', ' ')}: {summary[k]:.0%}"
+               for k in ("success", "all_rows_right", "estimate_ok", "plot")),
+             "\n| company | rows right | estimate | plot | steps | ended |",
+             "|---|---|---|---|---|---|",
+             *(f"| {r['company']} | {r['rows_right']}/{r['rows']} | {r['estimate']} "
+               f"({'ok' if r['estimate_ok'] else 'off'}) | {'yes' if r['plot'] else 'no'} | "
+               f"{r['steps']} | {r['stopped']} |" for r in rows)]  # fmt: skip
+    atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
+    print(f"agent eval: success {summary['success']:.0%} on {n} held-out companies; {root}")
+    return summary
+
+
+def _model(c: AgentConfig):
     if bool(c.model_dir) == bool(c.base_url):
         raise AgentError("give either a model directory (--model-dir) or --base-url")
+    if c.model_dir:
+        return LocalModel(c.model_dir, c.dtype)
+    return EndpointModel(c.base_url, c.api_key, c.model, c.max_seconds)
+
+
+def _funding(c: AgentConfig, out: str | Path, name: str, seed: int) -> AgentConfig:
+    """The funding scenario's config for one company, its demo web written under `out`."""
+    try:
+        company(name, seed)
+    except ValueError as e:
+        raise AgentError(f"--company: {e}") from None
+    web = Path(out) / ("demo-web" if seed == 0 else f"demo-web-{seed}")
+    if not (web / "index.html").exists():
+        demo_web(web, seed)
+    task = funding_task(name)
+    return dataclasses.replace(
+        c, task=task, web=str(web), tools="calculator,python", company=name, web_seed=seed
+    )
+
+
+def _run_with_tools(c: AgentConfig, model, run: Path) -> dict:
     site = Site(c.web, tuple(filter(None, c.allow_hosts.split(",")))) if c.web else None
     try:
         names = c.tools + "".join(f",{t}" for t in ("search", "open") if site)
@@ -179,19 +244,13 @@ def run_agent(c: AgentConfig, out: str | Path) -> dict:
             tools = pick_tools(names, site.tools() if site else None)
         except ToolError as e:
             raise AgentError(f"--tools: {e}") from None
-        return _run(c, out, tools)
+        return _run(c, model, run, tools)
     finally:
         if site:
             site.close()
 
 
-def _run(c: AgentConfig, out: str | Path, tools: dict) -> dict:
-    model = (
-        LocalModel(c.model_dir, c.dtype)
-        if c.model_dir
-        else EndpointModel(c.base_url, c.api_key, c.model, c.max_seconds)
-    )
-    run = Path(out) / time.strftime("%Y%m%d-%H%M%S")
+def _run(c: AgentConfig, model, run: Path, tools: dict) -> dict:
     trace = Trace(run)
     messages = ([{"role": "system", "content": c.system}] if c.system else []) + [
         {"role": "user", "content": c.task}
@@ -243,7 +302,7 @@ def _run(c: AgentConfig, out: str | Path, tools: dict) -> dict:
                "tools": list(tools)}  # fmt: skip
     if c.scenario == "funding":
         files = [p for r in trace.rows if r["type"] == "result" for p in r["files"]]
-        summary["score"] = score_funding(answer or "", files, c.company)
+        summary["score"] = score_funding(answer or "", files, c.company, c.web_seed)
     trace.add("end", **summary)
     trace.f.close()
     _write_report(run, c, trace.rows, summary)

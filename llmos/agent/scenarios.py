@@ -7,15 +7,21 @@ has to search, open, compute and plot. The estimate follows a rule stated in the
 checker can hold it to 1%: between two known rounds, their geometric mean; after the last
 known one, the last valuation times the growth of the round before.
 
+`funding_trace` is the same task done right, step by step through the real tools: the
+conversations the `agent` task fine-tunes on. Companies are split by name: a fifth are held
+out (`held_out`), never in a training trace, and measure what a trained agent learned.
+
     >>> # task = funding_task("Gryfenly"); score = score_funding(answer, files, "Gryfenly")
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 
 from llmos.agent.browser import companies
+from llmos.common import hash_fraction
 
 ESTIMATE_RULE = (
     "Estimate the valuation that was not disclosed from the others: between two known rounds, "
@@ -29,7 +35,22 @@ def company(name: str, seed: int = 0) -> dict:
         if c["name"].lower() == name.lower():
             return c
     names = ", ".join(c["name"] for c in companies(seed=seed))
-    raise ValueError(f"no company {name!r} on the demo web; companies: {names}")
+    raise ValueError(f"no company {name!r} on the demo web of seed {seed}; companies: {names}")
+
+
+def is_held_out(name: str) -> bool:
+    """A fifth of company names, by hash: never trained on, evaluated on."""
+    return hash_fraction(f"company/{name}") < 0.2
+
+
+def held_out(n: int) -> list[tuple[int, str]]:
+    """The first n held-out companies as (demo web seed, name), seed 0 (the shipped web) first."""
+    out: list[tuple[int, str]] = []
+    for seed in range(10_000):
+        out += [(seed, c["name"]) for c in companies(seed=seed) if is_held_out(c["name"])]
+        if len(out) >= n:
+            return out[:n]
+    raise AssertionError("unreachable: a fifth of names are held out")
 
 
 def funding_task(name: str) -> str:
@@ -49,10 +70,10 @@ def estimate(c: dict) -> float:
     return v[h - 1] * v[h - 1] / v[h - 2] if h >= 2 else v[h - 1]
 
 
-def score_funding(answer: str, files: list[str], name: str) -> dict:
+def score_funding(answer: str, files: list[str], name: str, seed: int = 0) -> dict:
     """Rows right (date, amount and, where published, valuation), the estimate within 1%, a
     PNG produced; success is all three."""
-    c = company(name)
+    c = company(name, seed)
     rows = _table_rows(answer or "")
     right = 0
     for k, r in enumerate(c["rounds"]):
@@ -92,3 +113,64 @@ def _table_rows(text: str) -> list[list[str]]:
 def _number(cell: str) -> float | None:
     m = re.search(r"-?\d+(?:\.\d+)?", cell.replace(",", "").replace("$", ""))
     return float(m.group()) if m else None
+
+
+# -- the task done right: a training trace ----------------------------------------------------
+
+
+def _call(name: str, **arguments) -> dict:
+    call = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
+def funding_trace(name: str, tools: dict, r: random.Random) -> list[dict]:
+    """The conversation of an agent doing the showcase right for `name` on a served demo web
+    (`tools`: the calculator, that site's search and open): search, open the profile, open
+    each round, the calculator for the estimate, python for the plot, the table. One call per
+    answer (the llmos chat format's). Results are the real tools' text, except python's: it
+    is written as the sandbox reports it, since running matplotlib would cost a second per
+    trace. Each step reads only what an earlier result showed (URLs, dates, amounts), as a
+    model must."""
+    msgs = [{"role": "user", "content": funding_task(name)}]
+
+    def step(tool: str, **args) -> str:
+        result = tools[tool]["fn"](args)
+        msgs.extend([_call(tool, **args), {"role": "tool", "content": str(result)}])
+        return str(result)
+
+    found = step("search", query=f"{name} funding rounds founded")  # the profile ranks first
+    profile = re.search(rf"^{re.escape(name)} \(company\)\n(\S+)$", found, re.M)
+    page = step("open", url=profile.group(1))
+    rounds = []
+    for url in re.findall(r"^\[\d+\] (?:Seed|Series \w) \(\d{4}\) -> (\S+)$", page, re.M):
+        text = step("open", url=url)
+        m = re.search(r"(\d{4}-\d\d-\d\d) — .* raised \$([\d.]+) million in a (.+?) round", text)
+        v = re.search(r"values \S+ at \$(\d+) million", text)
+        rounds.append([m.group(3), m.group(1), m.group(2), v.group(1) if v else None])
+    h = next(i for i, x in enumerate(rounds) if x[3] is None)
+    v = [x[3] for x in rounds]
+    expr = (
+        f"sqrt({v[h - 1]} * {v[h + 1]})"
+        if h + 1 < len(v)
+        else f"{v[h - 1]} * {v[h - 1]} / {v[h - 2]}"
+    )
+    est = float(step("calculator", expression=expr))
+    rounds[h][3] = f"{est:.2f}"
+    code = (
+        "import matplotlib.pyplot as plt\n"
+        f"dates = {[x[1] for x in rounds]}\n"
+        f"valuations = [{', '.join(x[3] for x in rounds)}]\n"
+        "plt.plot(dates, valuations, marker='o')\n"
+        "plt.ylabel('valuation ($M)')\n"
+        "plt.savefig('valuation.png')"
+    )
+    msgs.append(_call("python", code=code))
+    seconds, size = r.uniform(0.8, 2.5), r.randint(14_000, 30_000)
+    msgs.append({"role": "tool", "content": f"[sandbox: bubblewrap; exit code 0; {seconds:.1f} s]"
+                 f"\nfiles: valuation.png ({size:,} bytes)"})  # fmt: skip
+    table = ["| round | date | amount ($M) | valuation ($M) |", "|---|---|---|---|"]
+    for k, (rd, date, amount, val) in enumerate(rounds):
+        table.append(f"| {rd} | {date} | {amount} | {val}{' (estimate)' if k == h else ''} |")
+    answer = "\n".join(table) + "\n\nThe plot of valuation over time is valuation.png."
+    msgs.append({"role": "assistant", "content": answer})
+    return msgs

@@ -12,8 +12,8 @@ def evaluate(engine: Engine, names: list[str] | None = None, n: int = 50, progre
     """{group: {"accuracy", "n", "examples": [{question, reply, tool_calls, correct}]}}, the
     groups in the registry's order, for n held-out questions of each task (greedy)."""
     s = SamplingConfig(temperature=0, max_new_tokens=64)
-    groups: dict[str, list] = {g: [] for g in tasks.GROUPS}
-    for task in names or list(tasks.TASKS):
+    groups: dict[str, list] = {g: [] for g in tasks.GROUPS}  # registry order
+    for task in names or list(tasks.CHAT_TASKS):
         for rec in tasks.generate(task, n, split="eval"):
             msgs = rec["messages"][:1]
             reply = assistant_turn(engine, msgs, s, max_calls=2)

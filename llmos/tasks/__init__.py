@@ -16,14 +16,17 @@ from pathlib import Path
 
 from llmos.common import arg, write_jsonl
 from llmos.data.corpora import CorpusError, read_conversations
-from llmos.tasks import arithmetic, identity, knowledge, spelling
+from llmos.tasks import agent, arithmetic, identity, knowledge, spelling
 
-TASKS = {
+# Tasks answered in one chat turn (the calculator at most): what `evaluate` asks by default.
+CHAT_TASKS = {
     "identity": identity,
     "arithmetic": arithmetic,
     "spelling": spelling,
     "knowledge": knowledge,
 }
+# Every task, for fine-tuning data; the agent's is evaluated by `llmos agent --eval`.
+TASKS = CHAT_TASKS | {"agent": agent}
 # A record's "task" is one of its task's groups (arithmetic-direct, knowledge-reverse, ...).
 GROUPS = {g: mod for mod in TASKS.values() for g in mod.GROUPS}
 

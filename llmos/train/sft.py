@@ -102,7 +102,9 @@ class PackedLoader:
                 at, k = at + n, k + 1
                 if at >= T:
                     break
-            seg[row, at:] = k  # padding: a segment of its own, attending only to itself
+            # Padding stays segment -1: a segment of its own, attending only to itself. A
+            # batch whose rows each hold one conversation (segments 0 and -1 only) then trains
+            # with plain causal attention (see Transformer.forward).
         # Targets are the next token where it is an assistant token to learn, else -1
         # (ignored): the model never learns to write the user's, system's or tool's text.
         y = torch.where(learn[:, 1:], ids[:, 1:], -1)
@@ -126,7 +128,7 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     pad = tok.special_ids.get("<|pad|>", tok.eos_id)
     rank, world = dist_info()  # under torchrun each rank packs its share of every batch
     loader = PackedLoader(
-        [render(tok, r["messages"]) for r in train],
+        [render(tok, r["messages"], tools=r.get("tools")) for r in train],
         c.batch_size // world,
         seq_len,
         pad,
@@ -134,9 +136,8 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
         rank,
         world,
     )
-    val_rows = PackedLoader(
-        [render(tok, r["messages"]) for r in val], c.batch_size, seq_len, pad, 0
-    )
+    val_rendered = [render(tok, r["messages"], tools=r.get("tools")) for r in val]
+    val_rows = PackedLoader(val_rendered, c.batch_size, seq_len, pad, 0)
     val_batches = [
         val_rows.next() for _ in range(max(1, min(c.eval_windows, len(val) // c.batch_size)))
     ]
