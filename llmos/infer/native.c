@@ -202,6 +202,7 @@ static void quantize(QVec *qx, const float *x, int n, int cols) {
 }
 
 #define ROW_BLOCK 16 /* rows per task: each activation vector is reused from L1 across them */
+#define ATT_BLOCK 16 /* a prompt's queries per attention task (see llmos_step) */
 
 static void matmul(float *out, const float *x, int n, const Matrix *W) {
     const int rows = W->rows, cols = W->cols;
@@ -272,7 +273,8 @@ int llmos_step(const Model *m, int n, const int *tokens, const int *rows, const 
     float *att = malloc(sizeof(float) * n * nh * hd);
     float *gu = malloc(sizeof(float) * n * 2 * m->ffn);
     float *act = malloc(sizeof(float) * n * m->ffn);
-    if (!x || !h || !qkv || !att || !gu || !act) return -1;
+    int *blocks = malloc(sizeof(int) * (n + 1));
+    if (!x || !h || !qkv || !att || !gu || !act || !blocks) return -1;
     for (int j = 0; j < n; j++) memcpy(x + j * dim, m->embed + (size_t)tokens[j] * dim, 4 * dim);
 
     for (int l = 0; l < m->n_layers; l++) {
@@ -291,31 +293,65 @@ int llmos_step(const Model *m, int n, const int *tokens, const int *rows, const 
                 memcpy(vc[l] + at, t + (nh + nkv + k) * hd, 4 * hd);
             }
         }
-        /* attention, one task per (token, head): softmax(q.k / sqrt(hd)) . v over the row */
+        /* attention: softmax(q.k / sqrt(hd)) . v over each token's row, one task per block of
+           tokens and one head. A prompt's tokens share a row, so a block of up to ATT_BLOCK of
+           them reads each key and value once for all its queries: a token at a time, a 3k-token
+           prefill read the row's keys 3k times per head (O(n^2) memory traffic, not compute,
+           bound it). Decode tokens of different rows make blocks of one. */
+        int nb = 0;
+        for (int j = 0; j < n; nb++) {
+            blocks[nb] = j;
+            int j0 = j++;
+            while (j < n && j - j0 < ATT_BLOCK && rows[j] == rows[j0] && first[j] == first[j0] &&
+                   slots[j0] >= first[j0] && slots[j] >= first[j])
+                j++;
+        }
+        blocks[nb] = n;
 #pragma omp parallel
         {
-            float *score = malloc(sizeof(float) * S);
-#pragma omp for schedule(static)
-            for (int jh = 0; jh < n * nh; jh++) {
-                int j = jh / nh, hh = jh % nh, kv = hh / group;
-                int lo = slots[j] >= first[j] ? first[j] : slots[j], hi = slots[j];
-                const float *q = qkv + (size_t)j * qkv_dim + hh * hd;
-                const float *K = kc[l] + ((size_t)rows[j] * nkv + kv) * S * hd;
-                const float *V = vc[l] + ((size_t)rows[j] * nkv + kv) * S * hd;
-                float mx = -INFINITY, sum = 0, scale = 1.0f / sqrtf((float)hd);
-                for (int t = lo; t <= hi; t++) {
-                    score[t] = dot(K + (size_t)t * hd, q, hd) * scale;
-                    mx = fmaxf(mx, score[t]);
+            float *score = malloc(sizeof(float) * (size_t)ATT_BLOCK * S);
+#pragma omp for schedule(dynamic)
+            for (int bh = 0; bh < nb * nh; bh++) {
+                int b = bh / nh, hh = bh % nh, kv = hh / group;
+                int j0 = blocks[b], nq = blocks[b + 1] - j0, r = rows[j0];
+                int lo = slots[j0] >= first[j0] ? first[j0] : slots[j0], hi = lo;
+                for (int q = 0; q < nq; q++) hi = slots[j0 + q] > hi ? slots[j0 + q] : hi;
+                const float *K = kc[l] + ((size_t)r * nkv + kv) * S * hd;
+                const float *V = vc[l] + ((size_t)r * nkv + kv) * S * hd;
+                const float scale = 1.0f / sqrtf((float)hd);
+                float mx[ATT_BLOCK], sum[ATT_BLOCK];
+                for (int q = 0; q < nq; q++) mx[q] = -INFINITY, sum[q] = 0;
+                for (int t = lo; t <= hi; t++) { /* scores: each key once, for every query */
+                    const float *k = K + (size_t)t * hd;
+                    for (int q = 0; q < nq; q++) {
+                        if (t > slots[j0 + q]) continue; /* causal: only keys up to its slot */
+                        float sc = dot(k, qkv + (size_t)(j0 + q) * qkv_dim + hh * hd, hd) * scale;
+                        score[(size_t)q * S + t] = sc;
+                        mx[q] = fmaxf(mx[q], sc);
+                    }
                 }
-                float *o = att + (size_t)j * nh * hd + hh * hd;
-                memset(o, 0, 4 * hd);
-                for (int t = lo; t <= hi; t++) {
-                    float p = expf(score[t] - mx);
-                    sum += p;
+                for (int q = 0; q < nq; q++) {
+                    float *o = att + (size_t)(j0 + q) * nh * hd + hh * hd;
+                    memset(o, 0, 4 * hd);
+                    for (int t = lo; t <= slots[j0 + q]; t++) {
+                        float p = expf(score[(size_t)q * S + t] - mx[q]);
+                        score[(size_t)q * S + t] = p;
+                        sum[q] += p;
+                    }
+                }
+                for (int t = lo; t <= hi; t++) { /* weighted values: each value once */
                     const float *v = V + (size_t)t * hd;
-                    for (int i = 0; i < hd; i++) o[i] += p * v[i];
+                    for (int q = 0; q < nq; q++) {
+                        if (t > slots[j0 + q]) continue;
+                        float p = score[(size_t)q * S + t];
+                        float *o = att + (size_t)(j0 + q) * nh * hd + hh * hd;
+                        for (int i = 0; i < hd; i++) o[i] += p * v[i];
+                    }
                 }
-                for (int i = 0; i < hd; i++) o[i] /= sum;
+                for (int q = 0; q < nq; q++) {
+                    float *o = att + (size_t)(j0 + q) * nh * hd + hh * hd;
+                    for (int i = 0; i < hd; i++) o[i] /= sum[q];
+                }
             }
             free(score);
         }
@@ -332,7 +368,7 @@ int llmos_step(const Model *m, int n, const int *tokens, const int *rows, const 
     }
     for (int j = 0; j < n_out; j++) rmsnorm(h + j * dim, x + (size_t)out_idx[j] * dim, m->norm, dim, m->eps);
     matmul(logits, h, n_out, &m->head);
-    free(x), free(h), free(qkv), free(att), free(gu), free(act);
+    free(x), free(h), free(qkv), free(att), free(gu), free(act), free(blocks);
     return 0;
 }
 
