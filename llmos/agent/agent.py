@@ -239,9 +239,8 @@ def _funding(c: AgentConfig, out: str | Path, name: str, seed: int) -> AgentConf
 def _run_with_tools(c: AgentConfig, model, run: Path) -> dict:
     site = Site(c.web, tuple(filter(None, c.allow_hosts.split(",")))) if c.web else None
     try:
-        names = c.tools + "".join(f",{t}" for t in ("search", "open") if site)
         try:
-            tools = pick_tools(names, site.tools() if site else None)
+            tools = pick_tools(c.tools, site)
         except ToolError as e:
             raise AgentError(f"--tools: {e}") from None
         return _run(c, model, run, tools)

@@ -250,12 +250,14 @@ AGENT_TOOLS = {
 }
 
 
-def pick_tools(names: str, extra: dict | None = None) -> dict:
-    """The tools named in a comma-separated list, from the built-in ones and `extra` (a
-    site's search and open); an unknown name is an error that lists the known ones."""
-    available = AGENT_TOOLS | (extra or {})
+def pick_tools(names: str, site=None) -> dict:
+    """The tools named in a comma-separated list, from the built-in ones; with a `site`
+    (agent.browser.Site), its search and open too, named or not. An unknown name is an error
+    that lists the known ones."""
+    available = AGENT_TOOLS | (site.tools() if site else {})
+    wanted = [n.strip() for n in names.split(",") if n.strip()] + (["search", "open"] * bool(site))
     picked = {}
-    for name in filter(None, (n.strip() for n in names.split(","))):
+    for name in wanted:
         if name not in available:
             raise ToolError(f"no tool {name!r}; tools: {', '.join(available)}")
         picked[name] = available[name]

@@ -397,8 +397,7 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
     store = ChatStore(c.db)
     site = Site(c.web) if c.web else None
     try:
-        names = c.tools + "".join(f",{t}" for t in ("search", "open") if site)
-        tools = pick_tools(names, site.tools() if site else None)
+        tools = pick_tools(c.tools, site)
     except ToolError as e:
         raise ToolError(f"--tools: {e}") from None
 

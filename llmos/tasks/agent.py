@@ -44,7 +44,7 @@ def generate(n: int, seed: int = 0, split: str = "train") -> list[dict]:
             site = Site(demo_web(d, seed=web))
             # The tools as `llmos agent --scenario funding` offers them (TRL's "tools" column):
             # models with their own template see them listed in the prompt.
-            tools = pick_tools("calculator,python,search,open", site.tools())
+            tools = pick_tools("calculator,python", site)
             specs = [t["schema"] for t in tools.values()]
             try:
                 for w, name in wanted:
