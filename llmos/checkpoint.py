@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from llmos.common import LlmosError, atomic_write, atomic_write_text
 from llmos.config import ModelConfig
-from llmos.model import Transformer, rope_tables
+from llmos.model import RewardModel, Transformer, rope_tables
 from llmos.tokenizer import Tokenizer
 
 
@@ -90,13 +90,24 @@ def read_tensors(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
-    """A Transformer from any Llama-format model directory, checking every tensor's shape."""
+def load_model(
+    model_dir: str | Path, dtype: torch.dtype = torch.float32, reward: bool = False
+) -> Transformer:
+    """A Transformer from any Llama-format model directory, checking every tensor's shape;
+    with `reward`, the RewardModel of a LlamaForSequenceClassification directory."""
     d = Path(model_dir)
     cfg = ModelConfig.load(d / "config.json")
+    if bool(cfg.num_labels) != reward:
+        what = (
+            "a reward model (LlamaForSequenceClassification)"
+            if cfg.num_labels
+            else "a language model"
+        )
+        want = "a language model" if not reward else "a reward model (`llmos rm` makes one)"
+        raise CheckpointError(f"{d}: {what}, but this command needs {want}")
     tensors, _ = read_tensors(d)
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = RewardModel(cfg) if reward else Transformer(cfg)
     expected = model.state_dict()
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -111,7 +122,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> Tra
             )
     sd = {k: tensors[k].to(dtype) for k in expected}
     model.load_state_dict(sd, strict=False, assign=True)
-    if cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings and not reward:
         model.lm_head.weight = model.model.embed_tokens.weight
     # Buffers made on the meta device hold no values: compute the rotary tables for real.
     model.rope_cos, model.rope_sin = rope_tables(cfg, cfg.max_position_embeddings)

@@ -31,10 +31,14 @@ from llmos.convert import (
 from llmos.data.shards import TokenizeConfig, TokenizerTrainConfig, tokenize, train_tokenizer
 from llmos.eval.compress import CompressConfig, compress
 from llmos.infer.engine import SampleConfig, sample
+from llmos.prefs import PrefsConfig, prefs_command
 from llmos.serve.api import ServeConfig, serve
 from llmos.speedrun import SpeedrunConfig, speedrun
 from llmos.tasks import TasksConfig, write_tasks
+from llmos.train.dpo import DPOConfig, dpo
 from llmos.train.pretrain import PretrainConfig, pretrain
+from llmos.train.reward import RMConfig, ScoreConfig, score_command, train_reward_model
+from llmos.train.rlhf import RLHFConfig, rlhf
 from llmos.train.sft import SFTConfig, sft
 
 
@@ -63,6 +67,23 @@ VERBS = {
     "sample": Verb("sample text from a model directory, streaming", SampleConfig, sample),
     "compress": Verb("bits per byte: the model vs gzip, bz2, xz", CompressConfig, compress),
     "sft": Verb("fine-tune a model on conversations (tasks or JSONL)", SFTConfig, sft, "", True),
+    "prefs generate": Verb(
+        "sample K answers per prompt and rank them by a judge into comparisons",
+        PrefsConfig,
+        prefs_command,
+    ),
+    "rm train": Verb(
+        "train a reward model (Bradley–Terry) on comparisons",
+        RMConfig,
+        train_reward_model,
+        "",
+        True,
+    ),
+    "rm score": Verb("score an answer, or comparisons' pair accuracy", ScoreConfig, score_command),
+    "dpo": Verb("improve a model on comparisons by DPO", DPOConfig, dpo, "", True),
+    "rlhf": Verb(
+        "improve a model against a reward model (RLOO, KL penalty)", RLHFConfig, rlhf, "", True
+    ),
     "tasks": Verb("write a task's conversations as JSONL", TasksConfig, write_tasks),
     "chat": Verb("chat with a model in the terminal", ChatConfig, chat),
     "agent": Verb(

@@ -34,6 +34,8 @@ class ModelConfig:
     bos_token_id: int = 0
     eos_token_id: int = 1
     pad_token_id: int | None = None
+    # Set for a reward model (LlamaForSequenceClassification): the score head's outputs.
+    num_labels: int | None = None
 
     def __post_init__(self) -> None:
         heads = self.num_attention_heads
@@ -85,8 +87,12 @@ class ModelConfig:
     def to_hf(self) -> dict:
         """The dict `transformers` writes for this LlamaConfig."""
         d = dataclasses.asdict(self)
+        labels = d.pop("num_labels")
+        if labels:  # HF counts the labels by id2label
+            d["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+            d["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
         d.update(
-            architectures=["LlamaForCausalLM"],
+            architectures=["LlamaForSequenceClassification" if labels else "LlamaForCausalLM"],
             model_type="llama",
             hidden_act="silu",
             attention_bias=False,
@@ -116,6 +122,9 @@ class ModelConfig:
         if d.get("sliding_window") and arch == "mistral":
             raise ConfigError(f"{where}: field 'sliding_window' is not supported")
         kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if d.get(f.name) is not None}
+        kw.pop("num_labels", None)
+        if any("ForSequenceClassification" in a for a in d.get("architectures") or []):
+            kw["num_labels"] = len(d.get("id2label") or {}) or 2  # HF's default is 2 labels
         if "rope_theta" in rope:
             kw["rope_theta"] = rope["rope_theta"]
         for k in ("bos_token_id", "eos_token_id"):

@@ -211,21 +211,15 @@ class Transformer(nn.Module):
         if n > self.rope_cos.shape[0]:  # longer than the table: extend it (same formula)
             self.rope_cos, self.rope_sin = rope_tables(self.cfg, n, self.rope_cos.device)
 
-    def forward(
+    def hidden_states(
         self,
         idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        reduction: str = "mean",
         pad: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
-    ):
-        """Logits for `idx` (B, T); with `targets`, the cross-entropy loss instead (ignore -1).
-
-        With a cache, `idx` continues the cached tokens (positions cache.pos onwards). `pad`
-        (B,) counts left-padding tokens per row, for a batch of prompts of different lengths:
-        a row's positions start after its padding and no query attends to padding. `segments`
-        (B, T) marks packed sequences (fine-tuning): see packed_rope_and_mask."""
+    ) -> torch.Tensor:
+        """The last layer's normalised outputs (B, T, hidden) for `idx` (B, T): what the
+        language-model head and a reward model's score head read (arguments as in forward)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         self._ensure_rope(start + T)
@@ -243,8 +237,46 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, mask)
         if cache is not None:
             cache.pos += T
-        x = self.model.norm(x)
+        return self.model.norm(x)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        reduction: str = "mean",
+        pad: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+    ):
+        """Logits for `idx` (B, T); with `targets`, the cross-entropy loss instead (ignore -1).
+
+        With a cache, `idx` continues the cached tokens (positions cache.pos onwards). `pad`
+        (B,) counts left-padding tokens per row, for a batch of prompts of different lengths:
+        a row's positions start after its padding and no query attends to padding. `segments`
+        (B, T) marks packed sequences (fine-tuning): see packed_rope_and_mask."""
+        x = self.hidden_states(idx, cache, pad, segments)
         if targets is None:
             return self.lm_head(x)
         logits = self.lm_head(x).float().flatten(0, 1)
         return F.cross_entropy(logits, targets.flatten(), ignore_index=-1, reduction=reduction)
+
+
+class RewardModel(Transformer):
+    """LlamaForSequenceClassification with one label: the reward model of RLHF (Ouyang et al.
+    2022). The transformer reads a whole conversation and a linear `score` head turns the last
+    token's hidden state into one number, how good the final answer is. Names equal HF's
+    (`model.*`, `score.weight`), so transformers loads the directory and gives the same scores.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        del self.lm_head  # a score head instead of the vocabulary
+        self.score = nn.Linear(cfg.hidden_size, cfg.num_labels or 1, bias=False)
+
+    def forward(self, idx: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B,) of right-padded rows `idx` (B, T) whose real tokens number `lengths`
+        (B,): read at each row's last real token, as HF reads the last non-pad token. Causal
+        attention means the padding after a sequence never changes its score."""
+        x = self.hidden_states(idx)
+        last = lengths - 1 if lengths is not None else torch.full_like(idx[:, 0], idx.shape[1] - 1)
+        return self.score(x[torch.arange(idx.shape[0], device=idx.device), last])[:, 0]

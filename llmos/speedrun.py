@@ -174,7 +174,9 @@ or town of the encyclopedia would be right {1 / n_people:.1%} of the time (the b
 `knowledge` asks "where was X born?" (the direction the encyclopedia states);
 `knowledge-reverse` asks "who was born in T?" (the reversal curse, Berglund et al. 2023).
 `arithmetic-direct` are small numbers the model answers itself; `arithmetic-tool` larger ones
-it is taught to hand to the calculator.
+it is taught to hand to the calculator. `hallucination` asks where people were born who appear
+nowhere in the corpus: right is saying so (no fine-tuning conversation teaches it; comparisons,
+DPO and RLHF do).
 
 {chr(10).join(chance)}
 

@@ -182,3 +182,124 @@ def test_web_chat_runs_python_and_shows_the_plot(browser, plotter, tmp_path):
             assert httpx.get(url + bad).status_code == 404, bad
     finally:
         srv.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def labeling(browser, assistant, tmp_path_factory):
+    """A server whose labeling queue holds two questions, and the /label page on it."""
+    _, model_dir = assistant
+    tmp = tmp_path_factory.mktemp("label")
+    queue = tmp / "queue.jsonl"
+    asks = ["What is 1234 * 5678?", "What is 12 * 34?", "Say something."]
+    queue.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": a}]}) + "\n"
+                             for a in asks))  # fmt: skip
+    db = tmp / "chats.sqlite"
+    c = ServeConfig(api_key=KEY, db=str(db), label_prompts=str(queue))
+    url, srv = start_server(create_app(model_dir, c))
+    yield browser, url, db
+    srv.should_exit = True
+
+
+def test_labeling_page_ranks_edits_undoes_and_exports(labeling, tmp_path):
+    from llmos.data.comparisons import read_comparisons
+    from llmos.tasks import mixture
+
+    browser, url, db = labeling
+    page = browser.new_page()
+    page.goto(url + "/label")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    page.fill("#labeler", "ada")
+    page.dispatch_event("#labeler", "change")
+    page.wait_for_function(
+        "() => document.getElementById('progress').textContent.includes('3 left')"
+    )
+
+    def key(k):  # a key pressed with no text box focused, as after a click on the page
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.keyboard.press(k)
+
+    def next_prompt():
+        key("n")
+        page.wait_for_function("() => document.querySelectorAll('.answer').length === 2")
+
+    # 1: the first answer is the best (key 1), submitted with Enter.
+    next_prompt()
+    first = page.locator(".answer .text").all_inner_texts()
+    key("1")
+    assert "best" in page.locator(".answer").first.inner_text()
+    key("Enter")
+    page.wait_for_function(
+        "() => document.getElementById('progress').textContent.startsWith('1 labelled')"
+    )
+    # 2: the person edits the second answer into the ideal one and picks it.
+    next_prompt()
+    page.locator(".answer .edit-button").nth(1).click()
+    page.fill(".answer textarea.edit", "1234 * 5678 = 7006652, by the calculator.")
+    page.keyboard.press("Escape")  # leave the text box; the edit stays
+    key("2")  # the edited answer is the best
+    page.click("#submit")
+    page.wait_for_function(
+        "() => document.getElementById('progress').textContent.startsWith('2 labelled')"
+    )
+    # 3: labelled by mistake, then undone.
+    next_prompt()
+    key("t")  # a tie
+    key("Enter")
+    page.wait_for_function(
+        "() => document.getElementById('progress').textContent.startsWith('3 labelled')"
+    )
+    key("u")
+    page.wait_for_function(
+        "() => document.getElementById('progress').textContent.startsWith('2 labelled')"
+    )
+    assert page.locator(".answer").count() == 2  # back on the page to label again
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "label.png"), full_page=True)
+    # Export: a download of TRL comparisons, the same as the store's.
+    with page.expect_download() as dl:
+        page.click("#export")
+    path = tmp_path / "comparisons.jsonl"
+    dl.value.save_as(path)
+    recs = read_comparisons(path)
+    exported = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["labeler"] for r in exported} == {"ada"}
+    edited = [r for r in recs if r["chosen"][0]["content"].startswith("1234 * 5678 = 7006652")]
+    assert edited and all(r["prompt"][0]["content"] == "What is 12 * 34?" for r in edited)
+    if first[0] != first[1]:  # two different answers: the first beats the second
+        assert any(r["chosen"][0]["content"] == first[0] for r in recs)
+    # The same comparisons are training data straight from the store.
+    stored = mixture(f"store:comparisons@{db}", 1, 0, kind="comparisons")
+    assert [(r["chosen"], r["rejected"]) for r in stored] == [
+        (r["chosen"], r["rejected"]) for r in recs
+    ]
+    page.close()
+
+
+def test_fix_this_answer_keeps_a_correction_to_fine_tune_on(labeling, assistant, tmp_path):
+    from llmos.cli import main
+    from llmos.tasks import mixture
+
+    browser, url, db = labeling
+    page, _ = open_chat(browser, url)
+    page.fill("#temperature", "0")
+    page.fill("#input", "What is 1234 * 5678?")
+    page.click("#send")
+    page.wait_for_function("() => !document.getElementById('send').hidden")
+    page.locator(".msg.assistant .fix").last.click()
+    page.fill(".msg.assistant textarea.fix-text", "It is 7006652.")
+    page.click(".msg.assistant .save-fix")
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent.includes('fix saved')"
+    )
+    assert "It is 7006652." in page.locator(".msg.assistant").last.inner_text()
+    convs = mixture(f"store:corrections@{db}", 1, 0)
+    assert convs[-1]["messages"][0]["content"] == "What is 1234 * 5678?"
+    assert convs[-1]["messages"][-1] == {"role": "assistant", "content": "It is 7006652."}
+    # ... and `llmos sft --data store:corrections@DB` trains on it.
+    _, model_dir = assistant
+    data = f"store:corrections@{db}"
+    args = ["sft", str(model_dir), "--data", data, "--max-steps", "2", "--batch-size", "1",
+            "--val-fraction", "0", "--out", str(tmp_path / "fixed")]  # fmt: skip
+    assert main(args) == 0
+    page.close()

@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 
 from llmos.common import LlmosError, arg
-from llmos.data.encyclopedia import _word, encyclopedia
+from llmos.data.encyclopedia import encyclopedia, made_up_word
 
 MAX_PAGE_BYTES = 1 << 20  # a page is read up to 1 MiB
 MAX_TEXT_CHARS = 6000  # of visible text given to the model
@@ -274,7 +274,7 @@ def companies(n: int = 12, seed: int = 0) -> list[dict]:
     r = random.Random(f"companies/{seed}")
     out, names = [], set()
     while len(out) < n:
-        name = _word(r, 2) + r.choice(["ly", "io", "ora", "tek", "wave"])
+        name = made_up_word(r, 2) + r.choice(["ly", "io", "ora", "tek", "wave"])
         if name in names:
             continue
         names.add(name)

@@ -15,7 +15,8 @@ _SYL = "ka lo ri ven tas mor eli dun sar ith bel quo fen ral tor mi zan pe ol gr
 PROFESSIONS = "glassblower cartographer beekeeper astronomer weaver ferryman luthier brewer".split()
 
 
-def _word(r: random.Random, n: int) -> str:
+def made_up_word(r: random.Random, n: int) -> str:
+    """A capitalised word of n syllables, as the encyclopedia makes its names and towns."""
     return "".join(r.choice(_SYL) for _ in range(n)).capitalize()
 
 
@@ -28,7 +29,7 @@ def encyclopedia(n: int = 30, seed: int = 0) -> list[dict]:
     """
     r, people, names, towns = random.Random(f"encyclopedia/{seed}"), [], set(), set()
     while len(people) < n:
-        name, town = f"{_word(r, 2)} {_word(r, 2)}", _word(r, 3)
+        name, town = f"{made_up_word(r, 2)} {made_up_word(r, 2)}", made_up_word(r, 3)
         if name in names or town in towns:
             continue
         names.add(name)

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos import tasks
 from llmos.agent.browser import Site
 from llmos.agent.tools import ToolError, pick_tools
 from llmos.chat_format import (
@@ -36,12 +37,13 @@ from llmos.chat_format import (
     render,
 )
 from llmos.checkpoint import load_model
-from llmos.common import arg, cache_dir
+from llmos.common import arg
+from llmos.data.store import Store, default_path
 from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
 from llmos.serve.batcher import Batcher, Busy
 from llmos.serve.batcher import Request as Generation
 from llmos.serve.errors import APIError, BearerAuth, add_error_handlers, read_body
-from llmos.serve.store import ChatStore
+from llmos.serve.label import add_labeling
 from llmos.serve.web import add_web_chat
 from llmos.tokenizer import Tokenizer
 
@@ -67,6 +69,11 @@ class ServeConfig:
         "(sandboxed; its plots show in the chat), search and open (with --web)",
     )
     web: str = arg("", "a directory of pages served on loopback for the search and open tools")
+    label_prompts: str = arg(
+        "hallucination:1,knowledge:1",
+        "the labeling page's (/label) queue: tasks' questions and JSONL files of prompts, "
+        "comma-separated name[:weight] (50 questions a unit)",
+    )
     request_timeout: float = arg(
         600.0,
         "seconds a request may take, waiting included; then it ends as if out of tokens",
@@ -393,8 +400,8 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
     served = Served(model_dir, c)
     api_key = c.api_key or os.environ.get("LLMOS_API_KEY", "")
     if not c.db:
-        c.db = str(cache_dir() / "chats.sqlite")
-    store = ChatStore(c.db)
+        c.db = str(default_path())
+    store = Store(c.db)
     site = Site(c.web) if c.web else None
     try:
         tools = pick_tools(c.tools, site)
@@ -546,6 +553,8 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     add_web_chat(app, store, served.batcher, tools, Path(c.db).parent / "files")
+    queue = tasks.prompts(c.label_prompts, 50, 0) if c.label_prompts else []
+    add_labeling(app, store, [r["prompt"] for r in queue])
     return app
 
 

@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 
 from llmos.agent.loop import assistant_turn
 from llmos.chat_format import ConversationError, check_conversation, fit_to_context
+from llmos.data.store import Store
 from llmos.infer.engine import SamplingConfig
 from llmos.serve.batcher import Batcher
 from llmos.serve.errors import APIError, read_body
-from llmos.serve.store import ChatStore
 
 STATIC = Path(__file__).parent / "static"
 # The page loads nothing from elsewhere: scripts, styles and images only from this server.
@@ -56,7 +56,7 @@ class ConversationBody(BaseModel):
 
 
 def add_web_chat(
-    app: FastAPI, store: ChatStore, batcher: Batcher, tools: dict, files_dir: Path
+    app: FastAPI, store: Store, batcher: Batcher, tools: dict, files_dir: Path
 ) -> None:
     """`tools`: what the assistant may call in the web chat; `files_dir`: where the files
     they make are kept, each call's under an unguessable id."""

@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmos.chat_format import ConversationError, check_conversation
 from llmos.common import arg, write_jsonl
-from llmos.data.corpora import CorpusError, read_conversations
-from llmos.tasks import agent, arithmetic, identity, knowledge, spelling
+from llmos.data.comparisons import check_comparison, read_comparisons
+from llmos.data.corpora import CorpusError, read_conversations, read_jsonl
+from llmos.data.store import Store, default_path
+from llmos.tasks import agent, arithmetic, hallucination, identity, knowledge, spelling
 
 # Tasks answered in one chat turn (the calculator at most): what `evaluate` asks by default.
 CHAT_TASKS = {
@@ -24,9 +27,12 @@ CHAT_TASKS = {
     "arithmetic": arithmetic,
     "spelling": spelling,
     "knowledge": knowledge,
+    "hallucination": hallucination,
 }
 # Every task, for fine-tuning data; the agent's is evaluated by `llmos agent --eval`.
 TASKS = CHAT_TASKS | {"agent": agent}
+# Comparisons a task makes (TRL's preference records) for reward models and DPO.
+PREFERENCES = {"hallucination": hallucination.preferences}
 # A record's "task" is one of its task's groups (arithmetic-direct, knowledge-reverse, ...).
 GROUPS = {g: mod for mod in TASKS.values() for g in mod.GROUPS}
 
@@ -46,28 +52,98 @@ def reward(record: dict, reply: str) -> float:
     return GROUPS[group].reward(record, reply)
 
 
-def mixture(spec: str, task_size: int, seed: int) -> list[dict]:
-    """The records a data spec names: comma-separated `name[:weight]`, each a task (generating
-    task_size × weight records) or a JSONL file of conversations (repeated round(weight) times).
+def parts(spec: str) -> list[tuple[str, float]]:
+    """(name, weight) of each comma-separated `name[:weight]` of a data spec.
 
-    >>> len(mixture("identity:1,spelling:0.5", 10, 0))
-    15
+    >>> parts("identity, arithmetic:3, store:corrections:2")
+    [('identity', 1.0), ('arithmetic', 3.0), ('store:corrections', 2.0)]
     """
     out = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        name, _, w = part.partition(":")
+        head = "store:" if part.startswith("store:") else ""  # store:KIND[@FILE][:weight]
+        name, _, w = part[len(head) :].partition(":")
+        name = head + name
         try:
-            weight = float(w) if w else 1.0
+            out.append((name, float(w) if w else 1.0))
         except ValueError:
             raise CorpusError(f"data '{part}': weight {w!r} is not a number") from None
-        if name in TASKS:
-            out += generate(name, int(task_size * weight), seed)
+    return out
+
+
+def mixture(spec: str, task_size: int, seed: int, kind: str = "conversations") -> list[dict]:
+    """The records a data spec names: comma-separated `name[:weight]`, each a task (generating
+    task_size × weight records) or a JSONL file (repeated round(weight) times). `kind`:
+    conversations to fine-tune on, or comparisons for reward models and DPO.
+
+    >>> len(mixture("identity:1,spelling:0.5", 10, 0))
+    15
+    >>> len(mixture("hallucination:2", 10, 0, kind="comparisons"))
+    20
+    """
+    tasks = PREFERENCES if kind == "comparisons" else TASKS
+    make = (
+        (lambda name, n: PREFERENCES[name](n, seed))
+        if kind == "comparisons"
+        else (lambda name, n: generate(name, n, seed))
+    )
+    read = read_comparisons if kind == "comparisons" else read_conversations
+    out = []
+    for name, weight in parts(spec):
+        if name in tasks:
+            out += make(name, int(task_size * weight))
+        elif name.startswith("store:"):
+            out += from_store(name, kind) * max(1, round(weight))
         elif Path(name).exists():
-            out += read_conversations(name) * max(1, round(weight))
+            out += read(name) * max(1, round(weight))
         else:
-            raise CorpusError(f"data '{name}': no such file, and not a task ({', '.join(TASKS)})")
+            raise CorpusError(f"data '{name}': no such file, and not a task ({', '.join(tasks)})")
     if not out:
-        raise CorpusError(f"data '{spec}' has no conversations")
+        raise CorpusError(f"data '{spec}' has no {kind}")
+    return out
+
+
+def from_store(name: str, kind: str) -> list[dict]:
+    """`store:corrections` (conversations a person fixed in the web chat) or
+    `store:comparisons` (labels from the labeling page) of the server's SQLite store, or of
+    the one named after an @: `store:corrections@runs/web/chats.sqlite`."""
+    what, _, path = name[len("store:") :].partition("@")
+    want = "comparisons" if kind == "comparisons" else "corrections"
+    if what != want:
+        raise CorpusError(f"data '{name}': this command reads store:{want}")
+    path = Path(path) if path else default_path()
+    if not path.exists():
+        raise CorpusError(f"data '{name}': no store at {path} (`llmos serve --db` makes one)")
+    store = Store(path)
+    if kind == "comparisons":
+        recs = store.comparisons()
+        return [check_comparison(r, f"{path}: label {r['label_id']}") for r in recs]
+    recs = store.corrections()
+    for r in recs:
+        try:
+            check_conversation(r["messages"], f"{path}: correction {r['id']}")
+        except ConversationError as e:
+            raise CorpusError(str(e)) from None
+    return recs
+
+
+def prompts(spec: str, task_size: int, seed: int) -> list[dict]:
+    """Records with a `prompt` (messages up to the answer) and, from tasks, their checker's
+    fields."""
+    out = []
+    for name, weight in parts(spec):
+        if name in TASKS:
+            recs = generate(name, int(task_size * weight), seed)
+            out += [{**r, "prompt": r["messages"][:1]} for r in recs]
+            continue
+        for n, rec in read_jsonl(name):
+            msgs = rec.get("prompt") or rec.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise CorpusError(f"{name}:{n}: expected a 'prompt' or 'messages' list")
+            if msgs[-1].get("role") == "assistant":  # a conversation: ask its last turn again
+                msgs = msgs[:-1]
+            out.append({**rec, "prompt": msgs})
+    if not out:
+        raise CorpusError(f"--prompts '{spec}' gives no prompts")
     return out
 
 

@@ -239,12 +239,13 @@ def train_loop(
     resume: bool = False,
     stop_at: int | None = None,
     export: Callable[[Transformer], Transformer] = lambda m: m,
-    step_fn: Callable[[Transformer, object], tuple[torch.Tensor, int]] = next_token_step,
+    step_fn: Callable[[Transformer, object], tuple] = next_token_step,
 ) -> tuple[Transformer, bool]:
     """Train `model` for c.max_steps; (the model, whether it finished rather than stopped).
 
     Each micro-batch is `loader.next()` (this rank's share of the global batch), moved to the
-    device, and `step_fn(model, batch)` gives its mean loss and the tokens it processed.
+    device, and `step_fn(model, batch)` gives its mean loss, the tokens it processed and,
+    optionally, a dict of the stage's own metrics for metrics.jsonl (DPO's rewards/margins).
     `stop_at` ends early after that step, as Ctrl-C does. `export` turns the training model
     into the one saved as model.safetensors (LoRA merges there). Under torchrun every rank
     calls this; the model returned is whole (gathered from the shards with --fsdp)."""
@@ -329,15 +330,17 @@ def train_loop(
             # Gradient accumulation: grad_accum micro-batches add their gradients, each loss
             # scaled by 1/grad_accum, so the step is the mean over the whole batch. Under DDP
             # only the last micro-batch averages gradients across ranks (no_sync before it).
-            loss_sum = 0.0
+            loss_sum, extras = 0.0, {}
             for micro in range(c.grad_accum):
                 batch = to_device(loader.next(), dev)
                 last = micro == c.grad_accum - 1
                 sync = model.no_sync() if world > 1 and not c.fsdp and not last else _nothing()
                 with sync, torch.autocast(dev.type, torch.bfloat16, enabled=precision == "bf16"):
-                    loss, n_tokens = step_fn(forward, batch)
+                    loss, n_tokens, *more = step_fn(forward, batch)
                     (loss / c.grad_accum).backward()
                 loss_sum += loss.detach() / c.grad_accum
+                for k, v in (more[0] if more else {}).items():  # a stage's own metrics
+                    extras[k] = extras.get(k, 0.0) + float(v) / c.grad_accum
                 tokens_since += n_tokens * world
                 flops += flops_per_token * n_tokens * world
             loss_sum = float(_mean_over_ranks(loss_sum))
@@ -357,6 +360,7 @@ def train_loop(
                 "grad_norm": float(norm),
                 "tok_per_s": tps,
                 "flops": flops,
+                **extras,
             }
             if step % c.eval_every == 0 or step == c.max_steps:
                 row |= evaluate(plain if not c.fsdp else model, c.eval_windows)
@@ -451,7 +455,7 @@ def _gather(model, plain: Transformer, opt, c: TrainConfig):
     if not sharded:
         return plain, opt_state
     weights = get_model_state_dict(model, options=full)
-    whole = Transformer(plain.cfg)
+    whole = type(plain)(plain.cfg)
     if is_main():
         whole.load_state_dict(weights)
     return whole, opt_state

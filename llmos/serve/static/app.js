@@ -84,9 +84,40 @@ function bubble(m) {
       div.appendChild(t);
     }
   }
+  if (m.role === "assistant" && m.content && state.messages.includes(m)) div.appendChild(fixButton(m, div));
   $("messages").appendChild(div);
   div.scrollIntoView({ block: "end" });
   return div;
+}
+
+// "Fix this answer": the person rewrites the answer the model should have given; the
+// conversation up to it, with the fix, is kept for fine-tuning (`--data store:corrections`).
+function fixButton(m, div) {
+  const btn = document.createElement("button");
+  btn.type = "button"; btn.className = "fix"; btn.textContent = "Fix this answer";
+  btn.onclick = () => {
+    const ta = document.createElement("textarea");
+    ta.className = "fix-text"; ta.value = m.content; ta.rows = 4;
+    const saveFix = document.createElement("button");
+    saveFix.type = "button"; saveFix.className = "save-fix"; saveFix.textContent = "Save fix";
+    saveFix.onclick = async () => {
+      const at = state.messages.indexOf(m);
+      const system = $("system").value.trim();
+      const fixed = { role: "assistant", content: ta.value };
+      const messages = (system ? [{ role: "system", content: system }] : [])
+        .concat(state.messages.slice(0, at), [fixed]);
+      try {
+        await api("POST", "/api/corrections", { messages, original: m.content });
+        state.messages[at] = fixed;
+        await save({});
+        showMessages();
+        status("fix saved for fine-tuning");
+      } catch (e) { status(e.message); }
+    };
+    btn.replaceWith(ta, saveFix);
+    ta.focus();
+  };
+  return btn;
 }
 
 // A file a tool made (a python plot): a raster image is shown inline, anything else is a

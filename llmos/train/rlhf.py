@@ -1,0 +1,294 @@
+"""RLHF: improve the policy by sampling answers and reinforcing what the reward model prefers.
+
+Each step: take prompts, sample K answers to each from the current policy (the engine prefills
+a prompt once and forks its cache K ways), score each answer with the reward model (or a task's
+checker), and subtract a KL penalty to the frozen SFT reference, β · Σ_t [log pi(y_t) - log
+pi_ref(y_t)] over the answer's tokens (the per-token penalty of Ziegler et al. 2019 and Ouyang
+et al. 2022, summed into the answer's return). Without it the policy drifts wherever the reward
+model is wrong: with β = 0 reward climbs while quality falls (reward hacking, Gao et al. 2022).
+
+The update is RLOO, REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et al.
+2024): the advantage of answer i is its return minus the mean return of the other K-1 answers
+to the same prompt, and the loss is -advantage · log pi(answer). We use it rather than PPO
+because it needs no value network (PPO's critic doubles the memory and has its own errors to
+fit) and, being on-policy with one update per batch, no ratio clipping: the samples always come
+from the weights being updated. GRPO (issue 15's `llmos rl`) is the same estimator with the
+group's standard deviation as a scale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llmos import runs, tasks
+from llmos.chat_format import render
+from llmos.checkpoint import load_model
+from llmos.common import LlmosError, arg, atomic_write_text, dist_info, is_main
+from llmos.data.shards import EpochOrder
+from llmos.eval.tasks import evaluate as evaluate_tasks
+from llmos.infer.engine import Engine, SamplingConfig
+from llmos.model import Transformer
+from llmos.tokenizer import Tokenizer
+from llmos.train.loop import TrainConfig, check_start, train_loop
+from llmos.train.reward import score_answers
+
+
+@dataclass
+class RLHFConfig(TrainConfig):
+    base: str = arg("", "the policy to start from, also the frozen reference", positional=True)
+    reward: str = arg(
+        "",
+        "rm:DIR (a reward model from `llmos rm train`) or task (each prompt's task checker)",
+        required=True,
+    )
+    prompts: str = arg(
+        "hallucination:1,knowledge:1",
+        "tasks (their train questions) and JSONL files of {prompt} (comparisons too) or "
+        "{messages}, comma-separated name[:weight]",
+    )
+    eval_tasks: str = arg(
+        "hallucination,knowledge", "tasks whose held-out questions the checkers score (greedy)"
+    )
+    eval_n: int = arg(20, "held-out questions per eval task", lo=1)
+    kl_coef: float = arg(0.05, "β of the KL penalty to the reference; 0: none (reward hacks)", lo=0)
+    group_size: int = arg(4, "answers sampled per prompt (RLOO's K)", lo=2)
+    missing_eos_penalty: float = arg(
+        1.0,
+        "subtracted from the reward of an answer that never ends its turn (TRL's "
+        "missing_eos_penalty): else a policy can pad an answer with tokens the scorer never sees",
+        lo=0,
+    )
+    max_new_tokens: int = arg(32, "longest answer sampled", lo=1)
+    task_size: int = arg(200, "prompts a task gives per unit of weight", lo=1)
+    # RLHF defaults (help as in TrainConfig); batch_size counts prompts.
+    batch_size: int = 8
+    max_steps: int = 100
+    lr: float = 1e-5
+    min_lr_ratio: float = 1.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    eval_every: int = 10
+
+
+def make_scorer(spec: str, policy_tok) -> Callable[[list[dict], list[str]], torch.Tensor]:
+    """score(records, answers) -> rewards (N,): a reward model's score of prompt + answer, or
+    each record's task checker (for task prompts)."""
+    if spec == "task":
+        return lambda recs, answers: torch.tensor(
+            [tasks.reward(r, a) for r, a in zip(recs, answers)]
+        )
+    if not spec.startswith("rm:"):
+        raise LlmosError(f"--reward {spec!r}: use rm:DIR or task")
+    rm, tok = load_model(spec[3:], reward=True), Tokenizer.load(spec[3:])
+    return lambda recs, answers: score_answers(rm, tok, [r["prompt"] for r in recs], answers)
+
+
+def rloo_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
+    """Each return minus the mean of the other k-1 in its group of k (consecutive entries):
+    a baseline that does not depend on the answer itself, so the gradient stays unbiased.
+
+    >>> [round(a, 2) for a in rloo_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), 4).tolist()]
+    [-2.67, -1.33, 0.0, 4.0]
+    """
+    g = returns.view(-1, k)
+    return (g - (g.sum(-1, keepdim=True) - g) / (k - 1)).flatten()
+
+
+def token_logps(model: Transformer, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log pi of each target token (B, T); 0 where the target is -1 (prompt, padding)."""
+    logits = model(ids).float()
+    logp = -F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
+    )
+    return logp.view(ids.shape)
+
+
+class RolloutLoader:
+    """Each next() samples a batch of answers from the current policy and scores them: the
+    on-policy data of one RLHF step. The state is the position in the shuffled prompts (the
+    sampler's RNG is torch's, saved with the training state)."""
+
+    def __init__(self, c: RLHFConfig, policy, reference, tok, recs, score, rank=0, world=1):
+        self.c, self.policy, self.reference, self.tok = c, policy, reference, tok
+        self.recs, self.score = recs, score
+        self.order = EpochOrder(len(recs), c.seed, rank, world)
+        self.prompts_per_rank = c.batch_size // world
+        end = tok.special_ids.get("<|end|>", tok.eos_id)
+        self.stop_ids = frozenset({end, tok.eos_id} - {None})
+        self.pad = tok.special_ids.get("<|pad|>", tok.eos_id)
+
+    def state(self) -> dict:
+        return self.order.state()
+
+    def load_state(self, state: dict) -> None:
+        self.order.load_state(state)
+
+    @torch.no_grad()
+    def next(self) -> dict:
+        c, K = self.c, self.c.group_size
+        recs = [self.recs[self.order.next()] for _ in range(self.prompts_per_rank)]
+        prompts = [render(self.tok, r["prompt"], add_generation_prompt=True)[0] for r in recs]
+        # Sample from the policy as it is now: temperature 1, no truncation, so the answers'
+        # probabilities are exactly pi's (on-policy). A fresh engine sees the current weights.
+        self.policy.eval()
+        engine = Engine(self.policy, self.tok, dtype="fp32")
+        s = SamplingConfig(
+            temperature=1.0, max_new_tokens=c.max_new_tokens, seed=int(torch.randint(2**62, ()))
+        )
+        done = engine.generate(prompts, s, stop_ids=self.stop_ids, n=K)
+        self.policy.train()
+        rows = [prompts[i // K] + d.ids for i, d in enumerate(done)]
+        T = max(map(len, rows))
+        ids = torch.full((len(rows), T), self.pad)
+        targets = torch.full((len(rows), T), -1)
+        for i, row in enumerate(rows):
+            start = len(prompts[i // K])
+            ids[i, : len(row)] = torch.tensor(row)
+            targets[i, start - 1 : len(row) - 1] = torch.tensor(row[start:])
+        answers = [d.text for d in done]
+        score = self.score([recs[i // K] for i in range(len(done))], answers)
+        # The KL penalty: log pi - log pi_ref of each sampled token, summed over the answer
+        # (a sample of KL(pi || pi_ref), the "k1" estimator).
+        kl = token_logps(self.policy, ids, targets) - token_logps(self.reference, ids, targets)
+        kl = kl.sum(-1)
+        unfinished = torch.tensor([d.finish_reason == "length" for d in done], dtype=torch.float)
+        score = score - c.missing_eos_penalty * unfinished
+        ret = score - c.kl_coef * kl
+        lengths = torch.tensor([len(d.ids) for d in done], dtype=torch.float)
+        return {
+            "ids": ids,
+            "targets": targets,
+            "advantage": rloo_advantages(ret, K),
+            "reward": score,
+            "return": ret,
+            "kl": kl,
+            "length": lengths,
+        }
+
+
+def rloo_step(model, batch):
+    logp = token_logps(model, batch["ids"], batch["targets"])
+    n_tokens = (batch["targets"] >= 0).sum()
+    loss = -(batch["advantage"] * logp.sum(-1)).mean()
+    metrics = {
+        "reward": batch["reward"].mean(),
+        "kl": batch["kl"].mean(),
+        "return": batch["return"].mean(),
+        # -log pi of the sampled tokens: an estimate of the policy's entropy per token.
+        "entropy": -logp.detach().sum() / n_tokens.clamp(min=1),
+        "length": batch["length"].mean(),
+    }
+    return loss, int(n_tokens), metrics
+
+
+@torch.no_grad()
+def checker_eval(model: Transformer, tok, names: list[str], n: int) -> dict:
+    """Greedy held-out accuracy of each eval task's groups, by their checkers."""
+    model.eval()
+    results = evaluate_tasks(Engine(model, tok, dtype="fp32"), names, n)
+    return {f"val_{g}": r["accuracy"] for g, r in results.items()}
+
+
+def rlhf(c: RLHFConfig, out: str | Path, resume: bool = False, stop_at: int | None = None) -> Path:
+    """`llmos rlhf`: c.base improved against c.reward by RLOO with a KL penalty, into `out`."""
+    out = Path(out)
+    if c.batch_size % dist_info()[1]:
+        raise LlmosError("--batch-size must split evenly over the ranks")
+    if check_start(out, c, resume):
+        return out
+    t0 = time.time()
+    torch.manual_seed(c.seed)
+    tok = Tokenizer.load(c.base)
+    policy, reference = load_model(c.base), load_model(c.base)
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    recs = tasks.prompts(c.prompts, c.task_size, c.seed)
+    score = make_scorer(c.reward, tok)
+    rank, world = dist_info()
+    loader = RolloutLoader(c, policy, reference, tok, recs, score, rank, world)
+    names = [t for t in c.eval_tasks.split(",") if t]
+    say = print if is_main() else (lambda *a: None)
+    say(
+        f"rlhf: {len(recs)} prompts from '{c.prompts}', {c.group_size} answers each; reward "
+        f"{c.reward}; KL β {c.kl_coef}"
+    )
+
+    def evaluate(model, windows):
+        return checker_eval(model, tok, names, c.eval_n) if names else {}
+
+    start = evaluate(policy, None) if is_main() and not resume else None
+    policy, finished = train_loop(
+        c, out, policy, tok, loader, evaluate, "rlhf", resume, stop_at, step_fn=rloo_step
+    )
+    if finished and is_main():
+        write_report(out, c, start, time.time() - t0)
+    return out
+
+
+def write_report(out: Path, c: RLHFConfig, start: dict | None, seconds: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = runs.read_metrics(out)
+    runs.plot_curves(out, ["reward", "kl"], "reward_kl_curves.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sc = ax.scatter(
+        [r["kl"] for r in rows], [r["reward"] for r in rows], c=[r["step"] for r in rows]
+    )
+    fig.colorbar(sc, label="step")
+    ax.set_xlabel("KL(policy || reference), nats per answer")
+    ax.set_ylabel("reward")
+    ax.set_title(f"reward vs KL (β = {c.kl_coef})")
+    fig.tight_layout()
+    fig.savefig(out / "reward_kl.png", dpi=100)
+    plt.close(fig)
+    evals = [r for r in rows if any(k.startswith("val_") for k in r)]
+    keys = sorted({k for r in evals for k in r if k.startswith("val_")})
+    first = {"step": 0, **(start or {})}
+    table = "\n".join(
+        f"| {r['step']} | "
+        + " | ".join(f"{100 * r[k]:.0f}%" if k in r else "" for k in keys)
+        + " |"
+        for r in [first, *evals]
+    )
+    head, tail = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10) :]
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    reward_up = mean(tail, "reward") > mean(head, "reward")
+    dropped = [k for k in keys if start and k in evals[-1] and evals[-1][k] < start.get(k, 0) - 0.1]
+    verdict = (
+        f"**Reward hacking**: the reward rose ({mean(head, 'reward'):.3f} -> "
+        f"{mean(tail, 'reward'):.3f}) while the checkers say {', '.join(dropped)} fell by more "
+        "than 10 points."
+        if reward_up and dropped
+        else "No reward hacking by this test (reward up and a checker down by > 10 points)."
+    )
+    checkers = (
+        f"## Held-out checkers (greedy, {c.eval_n} questions per task)\n\n"
+        f"| step | {' | '.join(k[4:] for k in keys)} |\n|---|{'---|' * len(keys)}\n{table}"
+        if keys
+        else "No held-out checkers were run (--eval-tasks is empty)."
+    )
+    text = f"""# RLHF report
+
+- policy and reference `{c.base}`; reward `{c.reward}`; prompts `{c.prompts}`
+- RLOO with {c.group_size} answers per prompt, {c.batch_size} prompts per step, {c.max_steps}
+  steps, lr {c.lr}, KL β {c.kl_coef}; wall time {seconds / 60:.1f} min
+- reward {mean(head, "reward"):.3f} -> {mean(tail, "reward"):.3f} (first and last tenth of the
+  steps); KL {mean(tail, "kl"):.2f} nats per answer; length {mean(tail, "length"):.1f} tokens
+
+{verdict}
+
+{checkers}
+
+![reward vs KL](reward_kl.png) ![curves](reward_kl_curves.png)
+"""
+    atomic_write_text(out / "report.md", text)
+    print(f"report in {out}/report.md")
