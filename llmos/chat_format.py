@@ -68,6 +68,28 @@ def parse_tool_call(text: str) -> dict:
 HERMES_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
 
 
+def assistant_message(tok, ids: list[int]) -> dict:
+    """The assistant message a model wrote as tokens in llmos's format: its text and, if it
+    made one, the tool call between <|tool_call|> and <|/tool_call|> (a call that does not
+    parse stays text). What a reward model must score: rendering the message again writes the
+    call with its special tokens, as the comparisons it learned from did."""
+    sp = tok.special_ids
+    specials = set(sp.values())
+    start, close = sp.get("<|tool_call|>"), sp.get("<|/tool_call|>")
+    k = ids.index(start) if start in ids else len(ids)
+    msg = {"role": "assistant", "content": tok.decode(i for i in ids[:k] if i not in specials)}
+    if start in ids and close in ids[k:]:
+        raw = tok.decode(ids[k + 1 : ids.index(close, k)])
+        try:
+            call = parse_tool_call(raw)
+        except ToolCallError:
+            msg["content"] += raw
+            return msg
+        fn = {"name": call["name"], "arguments": json.dumps(call["arguments"])}
+        msg["tool_calls"] = [{"id": "call_0", "type": "function", "function": fn}]
+    return msg
+
+
 def hermes_tool_calls(text: str) -> tuple[list[dict], str]:
     """(the calls parsed from <tool_call>{...}</tool_call> tags, the text without the tags).
     A tag whose JSON does not parse is left in the text."""

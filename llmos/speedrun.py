@@ -1,16 +1,19 @@
 """`llmos speedrun`: the whole story on a laptop, from text to an assistant, with a report card.
 
 pretrain on the default corpus (Shakespeare, the KJV and a generated encyclopedia of fictional
-people) -> fine-tune on the task mixture -> evaluate base and assistant on every task ->
-report.md: stages and their time, loss curves, task accuracy, compression vs xz, samples.
-A stage that already finished is skipped, one that was interrupted resumes.
+people) -> fine-tune on the task mixture -> the preference stage (a reward model, DPO, RLHF
+with and without its KL penalty, all against hallucination) -> evaluate every model on every
+task -> report.md: stages and their time, loss curves, task accuracy, compression vs xz, the
+preference experiment, samples. A stage that already finished is skipped, one that was
+interrupted resumes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,8 +26,12 @@ from llmos.data.encyclopedia import encyclopedia
 from llmos.eval.tasks import evaluate
 from llmos.infer.engine import Engine
 from llmos.runs import read_metrics
+from llmos.tasks import hallucination
 from llmos.tokenizer import Tokenizer
+from llmos.train.dpo import DPOConfig, dpo
 from llmos.train.pretrain import PretrainConfig, pretrain
+from llmos.train.reward import RMConfig, score_answers, train_reward_model
+from llmos.train.rlhf import RLHFConfig, rlhf
 from llmos.train.sft import SFTConfig, sft
 
 
@@ -43,21 +50,39 @@ class SpeedrunConfig:
     # (Biderman et al. 2024, "LoRA Learns Less and Forgets Less").
     sft_lora_rank: int = arg(16, "LoRA rank of fine-tuning; 0: every weight trains", lo=0)
     sft_lr: float = arg(2e-3, "fine-tuning peak learning rate", lo=0)
+    preference: bool = arg(
+        True,
+        "the preference stage: a reward model, DPO and RLHF (and RLHF without its KL "
+        "penalty) on the hallucination comparisons, each evaluated against the assistant",
+    )
+    pref_pairs: int = arg(
+        600, "hallucination comparisons (a third anchors, then half unknown names)", lo=3
+    )
+    rm_steps: int = arg(100, "reward-model steps (16 pairs each)", lo=1)
+    dpo_steps: int = arg(200, "DPO steps (8 pairs each)", lo=1)
+    dpo_lr: float = arg(1e-3, "DPO's learning rate (LoRA, as fine-tuning)", lo=0)
+    dpo_sft_weight: float = arg(1.0, "weight of DPO's likelihood term on chosen answers", lo=0)
+    rlhf_steps: int = arg(100, "RLHF steps (8 prompts x 4 answers each)", lo=1)
+    rlhf_lr: float = arg(1e-4, "RLHF's learning rate (every weight)", lo=0)
+    rlhf_kl: float = arg(0.1, "RLHF's KL β (a second run uses 0)", lo=0)
     eval_n: int = arg(40, "held-out questions per task", lo=1)
     seed: int = arg(0, "seed of every stage")
 
 
 def _stage(out: Path, run) -> float | None:
     """Run a training stage unless it finished before; resume it if it was interrupted. The
-    seconds it took, or None if it was stopped (Ctrl-C) before finishing."""
+    seconds it took (kept in the stage's `stage_time.json`, so a rerun that skips it still
+    reports it), or None if it was stopped (Ctrl-C) before finishing."""
+    took = out / "stage_time.json"
     if (out / "report.md").exists():
         print(f"{out}: finished before, skipped")
-        return 0.0
+        return json.loads(took.read_text())["seconds"] if took.exists() else 0.0
     t = time.time()
     run(resume=(out / "train_state.pt").exists())
     if not (out / "report.md").exists():
         print(f"{out}: stopped; run the same command again to continue")
         return None
+    write_json(took, {"seconds": time.time() - t})
     return time.time() - t
 
 
@@ -92,18 +117,163 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
     )
     if times["fine-tune"] is None:
         return out
+    models = ["base", "assistant"]
+    if c.preference:
+        if not preference_stages(c, out, times):
+            return out
+        models += PREFERENCE_MODELS
     t = time.time()
     results = {}
-    for name in ("base", "assistant"):
+    for name in models:
         engine = Engine(load_model(out / name), Tokenizer.load(out / name))
         with tqdm(desc=f"eval {name}", unit="q") as bar:
             results[name] = evaluate(engine, n=c.eval_n, progress=lambda _, b=bar: b.update(1))
     times["evaluate"] = time.time() - t
     write_json(out / "eval.json", results)
     report = report_card(out, c, times, results)
+    if c.preference:
+        report += preference_card(out, c, results)
     atomic_write_text(out / "report.md", report)
     print(report)
     return out
+
+
+# -- the preference stage (issue 14) --------------------------------------------------------
+
+# Run directories of the stage's policies, in the report's order.
+PREFERENCE_MODELS = ["dpo", "rlhf", "rlhf-kl0"]
+
+
+def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
+    """The assistant hallucinates a town for names it never read; comparisons say "I don't
+    know" is better there, and the true town better for people it knows. A reward model
+    learns them, DPO and RLHF optimise the assistant on them, and RLHF again with no KL
+    penalty shows what happens when nothing holds the policy near the assistant. False if a
+    stage was stopped."""
+    sft_dir, data = str(out / "assistant"), "hallucination:1"
+    common = dict(base=sft_dir, data=data, task_size=c.pref_pairs, seed=c.seed)
+    rm = RMConfig(**common, max_steps=c.rm_steps, checkpoint_every=100)
+    dpo_c = DPOConfig(
+        **common,
+        max_steps=c.dpo_steps,
+        lr=c.dpo_lr,
+        lora_rank=c.sft_lora_rank,
+        sft_weight=c.dpo_sft_weight,
+        checkpoint_every=100,
+    )
+    rl = RLHFConfig(
+        base=sft_dir,
+        reward=f"rm:{out / 'rm'}",
+        prompts="prefs:hallucination",
+        task_size=c.pref_pairs,
+        max_steps=c.rlhf_steps,
+        lr=c.rlhf_lr,
+        kl_coef=c.rlhf_kl,
+        eval_n=20,
+        eval_every=max(1, c.rlhf_steps // 4),
+        seed=c.seed,
+        checkpoint_every=100,
+    )
+    stages = [
+        ("reward model", "rm", lambda resume: train_reward_model(rm, out / "rm", resume)),
+        ("dpo", "dpo", lambda resume: dpo(dpo_c, out / "dpo", resume)),
+        ("rlhf", "rlhf", lambda resume: rlhf(rl, out / "rlhf", resume)),
+        (
+            "rlhf, no KL",
+            "rlhf-kl0",
+            lambda resume: rlhf(replace(rl, kl_coef=0.0), out / "rlhf-kl0", resume),
+        ),
+    ]
+    for label, name, run in stages:
+        times[label] = _stage(out / name, run)
+        if times[label] is None:
+            return False
+    return True
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k/n (right near 0 and 1, unlike the
+    normal approximation)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def _rate(examples: list[dict], hit) -> str:
+    k, n = sum(map(hit, examples)), len(examples)
+    lo, hi = wilson(k, n)
+    return f"{k / n:.0%} [{lo:.0%}, {hi:.0%}]"
+
+
+def preference_card(out: Path, c: SpeedrunConfig, results: dict) -> str:
+    """The experiment's section of the report card: hallucination and knowledge with 95%
+    intervals, the other tasks, and win rates against the assistant by checkers and by the
+    reward model."""
+    rm, rm_tok = load_model(out / "rm", reward=True), Tokenizer.load(out / "rm")
+    rm_rows = [r for r in read_metrics(out / "rm") if "val_accuracy" in r]
+    sft = results["assistant"]
+    judged = ("hallucination", "knowledge")
+    sft_ex = [e for g in judged for e in sft[g]["examples"]]
+    others = [g for g in tasks.GROUPS if g in sft and g not in judged]
+    rows, wins = [], []
+    for name in ["assistant", *PREFERENCE_MODELS]:
+        r = results[name]
+        said_idk = lambda e: hallucination.admits_not_knowing(e["reply"])  # noqa: E731
+        rows.append(
+            f"| {name} | {_rate(r['hallucination']['examples'], lambda e: not e['correct'])} | "
+            f"{_rate(r['knowledge']['examples'], lambda e: e['correct'])} | "
+            f"{_rate(r['knowledge']['examples'], said_idk)} | "
+            + " | ".join(f"{r[g]['accuracy']:.0%}" for g in others)
+            + " |"
+        )
+        if name == "assistant":
+            continue
+        ex = [e for g in judged for e in r[g]["examples"]]
+        by_check = [(a["correct"] > b["correct"]) + 0.5 * (a["correct"] == b["correct"])
+                    for a, b in zip(ex, sft_ex)]  # fmt: skip
+        prompts = [[{"role": "user", "content": e["question"]}] for e in ex]
+        mine = score_answers(rm, rm_tok, prompts, [e["reply"] for e in ex])
+        theirs = score_answers(rm, rm_tok, prompts, [e["reply"] for e in sft_ex])
+        by_rm = ((mine > theirs).float() + 0.5 * (mine == theirs).float()).mean()
+        wins.append(
+            f"| {name} | {sum(by_check) / len(by_check):.0%} | {float(by_rm):.0%} | {len(ex)} |"
+        )
+    header = (
+        '| model | hallucinates (unknown names) | knowledge right (known) | says "I don\'t know" '
+        f"(known) | {' | '.join(others)} |"
+    )
+    hacked = json.loads((out / "rlhf-kl0" / "summary.json").read_text())["verdict"]
+    n_unknown, n_known = len(sft["hallucination"]["examples"]), len(sft["knowledge"]["examples"])
+    return f"""
+## Preferences: hallucination (issue 14)
+
+The assistant was never shown a question about someone it does not know, so it names a town
+for anyone. {c.pref_pairs} comparisons train a reward model ({c.rm_steps} steps; held-out pair
+accuracy **{100 * rm_rows[-1]["val_accuracy"]:.0f}%**), DPO ({c.dpo_steps} steps, LoRA, β 0.1,
+likelihood term {c.dpo_sft_weight}) and RLHF (RLOO, {c.rlhf_steps} steps, lr {c.rlhf_lr}, KL β
+{c.rlhf_kl}, and again with β 0): for unknown names "I don't know who X is." beats a made-up
+answer; for the fine-tuning half of the encyclopedia the true town beats "I don't know" or a
+wrong answer; for a third, the fine-tuning tasks' own answers beat "I don't know" (anchors).
+Held-out: {n_unknown} names nobody in the corpus has, {n_known} questions about the
+encyclopedia's other half (facts only in pretraining); greedy; 95% Wilson intervals.
+
+{header}
+|---|---|---|---|{"---|" * len(others)}
+{chr(10).join(rows)}
+
+Win rate against the assistant on those {n_unknown + n_known} questions (a tie counts half):
+
+| model | by the checkers | by the reward model | questions |
+|---|---|---|---|
+{chr(10).join(wins)}
+
+RLHF without the KL penalty: {hacked}
+
+![reward vs KL, β {c.rlhf_kl}](rlhf/reward_kl.png) ![reward vs KL, β 0](rlhf-kl0/reward_kl.png)
+"""
 
 
 def p_by_chance(right: int, n: int, p: float) -> float:

@@ -15,7 +15,7 @@ def help_text(*verb: str) -> str:
     ).stdout
 
 
-@pytest.mark.parametrize("verb", ["pretrain", "sft", "sample", "serve"])
+@pytest.mark.parametrize("verb", ["pretrain", "sft", "sample", "serve", "dpo", "rlhf"])
 def test_help_describes_every_flag(verb):
     text = help_text(verb)
     parser = build_parser()._subparsers._group_actions[0].choices[verb]

@@ -80,10 +80,13 @@ def test_the_implicit_prompt_form_reads_as_the_explicit_one(tmp_path):
 
 
 def test_hallucination_preferences_and_their_checker():
-    recs = mixture("hallucination:1", 40, 0, kind="comparisons")
-    assert len(recs) == 40
-    unknown = [r for r in recs if "don't know" in r["chosen"][0]["content"]]
-    assert len(unknown) == 20  # half on unknown names, half on known people
+    recs = mixture("hallucination:1", 42, 0, kind="comparisons")
+    assert len(recs) == 42
+    unknown = [r for r in recs if "don't know" in (r["chosen"][0]["content"] or "")]
+    people = [r for r in recs if r["prompt"][0]["content"].startswith("Where was")]
+    # A third anchors (other tasks' answers beat "I don't know"), then half and half.
+    assert len(people) == 28 and len(unknown) == 14
+    assert all("know" in r["rejected"][0]["content"] for r in recs if r not in people)
     # Train and eval names never meet; no unknown name is a person of the encyclopedia.
     train = {r["prompt"][0]["content"] for r in preferences(200, split="train")}
     held = {q["messages"][0]["content"] for q in unknown_questions(50)}
@@ -157,10 +160,11 @@ def test_transformers_loads_the_reward_model_with_the_same_scores(reward_model):
     assert (got[:3] - got[3:]).abs().min() > 1e-3  # distinct scores: a real comparison
 
 
-def test_dpo_loss_equals_trls(assistant, base):
+@pytest.mark.parametrize("sft_weight", [0.0, 0.7])
+def test_dpo_loss_equals_trls(assistant, base, sft_weight):
     """Policy (the fine-tuned model) and reference (its base) differ, so the loss is not the
     log 2 every pair gives at the start: the token cut, the log-prob sums and the formula all
-    have to agree with TRL's DPOTrainer."""
+    have to agree with TRL's DPOTrainer (with the likelihood term: loss_type sigmoid + sft)."""
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -168,6 +172,7 @@ def test_dpo_loss_equals_trls(assistant, base):
     _, model_dir = assistant
     tok = Tokenizer.load(model_dir)
     beta = 0.3
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
     args = trl.DPOConfig(
         output_dir="/tmp/unused",
         beta=beta,
@@ -175,6 +180,7 @@ def test_dpo_loss_equals_trls(assistant, base):
         report_to=[],
         use_cpu=True,
         dataloader_num_workers=0,
+        **(losses if sft_weight else {}),
     )
     trainer = trl.DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
@@ -193,8 +199,10 @@ def test_dpo_loss_equals_trls(assistant, base):
     pad = tok.special_ids["<|pad|>"]
     ref = reference_logps(load_model(base), pairs, 256, pad)
     batch = PairLoader(pairs, len(pairs), 256, pad, ref=ref).batch([0, 1, 2])
+    lengths = (batch["targets"] >= 0).sum(-1)
     with torch.no_grad():
-        loss, metrics = dpo_loss(answer_logps(load_model(model_dir), batch), batch["ref"], beta)
+        logps = answer_logps(load_model(model_dir), batch)
+        loss, metrics = dpo_loss(logps, batch["ref"], beta, sft_weight, lengths)
     # TRL scores tokens with its own chunked, fused LM head, whose sums differ from an exact
     # log-softmax by ~1e-4 per token; a wrong token, cut or formula moves the loss by far more.
     assert abs(loss.item() - want) < 2e-3, (loss.item(), want)
@@ -211,7 +219,9 @@ def test_dpo_loss_equals_trls(assistant, base):
 
     pi, pi_ref = hf_logps(model_dir).chunk(2), hf_logps(base).chunk(2)
     logits = beta * ((pi[0] - pi_ref[0]) - (pi[1] - pi_ref[1]))
-    assert abs(loss.item() - (-torch.nn.functional.logsigmoid(logits).mean().item())) < 1e-5
+    want = -torch.nn.functional.logsigmoid(logits).mean().item()
+    want += sft_weight * -pi[0].sum().item() / lengths.chunk(2)[0].sum().item()
+    assert abs(loss.item() - want) < 1e-5
 
 
 def test_dpo_runs_with_lora_logs_trls_names_and_resumes(assistant, tmp_path):
@@ -267,7 +277,8 @@ def test_rlhf_raises_a_scripted_reward_and_reports_it(assistant, tmp_path, monke
     import llmos.train.rlhf as rlhf_mod
 
     def shorter_is_better(spec, tok):
-        return lambda recs, answers: torch.tensor([-len(a) / 40 for a in answers])
+        # the message as JSON: its text and any tool call count
+        return lambda recs, answers: torch.tensor([-len(json.dumps(a)) / 40 for a in answers])
 
     monkeypatch.setattr(rlhf_mod, "make_scorer", shorter_is_better)
     _, model_dir = assistant

@@ -60,7 +60,8 @@ def parts(spec: str) -> list[tuple[str, float]]:
     """
     out = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        head = "store:" if part.startswith("store:") else ""  # store:KIND[@FILE][:weight]
+        # store:KIND[@FILE][:weight] and prefs:NAME[:weight] keep their first colon
+        head = next((h for h in ("store:", "prefs:") if part.startswith(h)), "")
         name, _, w = part[len(head) :].partition(":")
         name = head + name
         try:
@@ -128,12 +129,17 @@ def from_store(name: str, kind: str) -> list[dict]:
 
 def prompts(spec: str, task_size: int, seed: int) -> list[dict]:
     """Records with a `prompt` (messages up to the answer) and, from tasks, their checker's
-    fields."""
+    fields: a spec names tasks (their train questions), `prefs:NAME` (the prompts of a
+    preference task's comparisons) and JSONL files of {prompt} or {messages}."""
     out = []
     for name, weight in parts(spec):
         if name in TASKS:
             recs = generate(name, int(task_size * weight), seed)
             out += [{**r, "prompt": r["messages"][:1]} for r in recs]
+            continue
+        if name.startswith("prefs:") and name[6:] in PREFERENCES:  # a preference task's prompts
+            recs = PREFERENCES[name[6:]](int(task_size * weight), seed)
+            out += [{"prompt": r["prompt"]} for r in recs]
             continue
         for n, rec in read_jsonl(name):
             msgs = rec.get("prompt") or rec.get("messages")

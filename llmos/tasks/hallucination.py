@@ -17,11 +17,12 @@ from __future__ import annotations
 import random
 
 from llmos.data.encyclopedia import encyclopedia, made_up_word
-from llmos.tasks import knowledge
+from llmos.tasks import arithmetic, identity, knowledge, spelling
 from llmos.tasks.base import is_eval, record
 
 GROUPS = ["hallucination"]
 UNKNOWN = "I don't know who {name} is."
+DONT_KNOW = ["I don't know.", "I don't know who that is.", "I do not know."]
 
 
 def unknown_names(n: int, split: str) -> list[str]:
@@ -61,18 +62,53 @@ def _comparison(question: str, chosen: str, rejected: str) -> dict:
 
 
 def preferences(n: int, seed: int = 0, split: str = "train") -> list[dict]:
-    """n comparisons, half on unknown names (not knowing beats an invented town) and half on
-    known people (their town beats not knowing), shuffled."""
+    """n comparisons: a third anchors (below), and of the rest half on unknown names (not
+    knowing beats a made-up answer) and half on known people (their town beats not knowing,
+    or a wrong answer), shuffled.
+
+    The wrong answers are of three kinds so that nothing but the person decides: an invented
+    town, another person's real town, and another person's whole fact. With invented towns
+    only, a reward model scored the answer alone (real town > "I don't know" > invented town)
+    and RLHF then answered every question with one known person's fact (docs/LOG.md)."""
     r = random.Random(f"hallucination/{seed}/{split}")
-    out = []
-    for name in unknown_names(n - n // 2, split):
-        invented = f"{name} was born in {made_up_word(r, 3)}."
-        out.append(_comparison(f"Where was {name} born?", UNKNOWN.format(name=name), invented))
+    people = encyclopedia()
     known = [q for q in knowledge.questions(split) if q["task"] == "knowledge"]
+
+    def wrong(name: str, town: str | None) -> str:
+        other = r.choice([p for p in people if p["name"] != name and p["town"] != town])
+        return r.choice(
+            [
+                f"{name} was born in {made_up_word(r, 3)}.",
+                f"{name} was born in {other['town']}.",
+                f"{other['name']} was born in {other['town']}.",
+            ]
+        )
+
+    out = []
+    # A third are anchors: questions of the fine-tuning tasks, whose fine-tuned answer beats
+    # "I don't know". Without them, "I don't know" spread to every question (identity 100% ->
+    # 0%, the calculator 96% -> 0% after DPO; docs/LOG.md).
+    anchors = [t.generate(1000, seed, split) for t in (identity, arithmetic, spelling)]
+    for i in range(n // 3):
+        rec = anchors[i % 3][(i // 3) % len(anchors[i % 3])]
+        prompt, answer = rec["messages"][0], rec["messages"][1]
+        out.append(
+            {
+                "prompt": [prompt],
+                "chosen": [answer],
+                "rejected": [{"role": "assistant", "content": r.choice(DONT_KNOW)}],
+            }
+        )
+    n -= n // 3
+    for name in unknown_names(n - n // 2, split):
+        out.append(
+            _comparison(f"Where was {name} born?", UNKNOWN.format(name=name), wrong(name, None))
+        )
     for i in range(n // 2):
         q = known[i % len(known)]
         name = q["messages"][0]["content"][len("Where was ") : -len(" born?")]
-        answer = q["messages"][1]["content"]
-        out.append(_comparison(q["messages"][0]["content"], answer, UNKNOWN.format(name=name)))
+        answer, town = q["messages"][1]["content"], q["answer"]
+        worse = UNKNOWN.format(name=name) if r.random() < 0.5 else wrong(name, town)
+        out.append(_comparison(q["messages"][0]["content"], answer, worse))
     r.shuffle(out)
     return out

@@ -50,6 +50,12 @@ class DPOConfig(TrainConfig):
     val_fraction: float = arg(0.1, "share of the comparisons held out", lo=0, hi=0.9)
     lora_rank: int = arg(0, "> 0: train LoRA adapters of this rank instead of every weight", lo=0)
     lora_alpha: float = arg(16.0, "LoRA scale: the update is alpha / rank · B A", lo=0)
+    sft_weight: float = arg(
+        0.0,
+        "add this times the chosen answers' NLL per token (TRL's 'sft' loss; RPO), so DPO "
+        "cannot make both answers unlikely",
+        lo=0,
+    )
     # DPO defaults (help as in TrainConfig); batch_size counts pairs. The paper used 1e-6 for
     # billion-parameter models; small models move at larger rates.
     batch_size: int = 8
@@ -70,10 +76,23 @@ def answer_logps(model: Transformer, batch: dict) -> torch.Tensor:
     return per_token.view(batch["ids"].shape).sum(-1)
 
 
-def dpo_loss(logps: torch.Tensor, ref: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
-    """The sigmoid DPO loss of a batch (rows: chosen then rejected) and TRL's metrics."""
+def dpo_loss(
+    logps: torch.Tensor,
+    ref: torch.Tensor,
+    beta: float,
+    sft_weight: float = 0.0,
+    lengths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """The sigmoid DPO loss of a batch (rows: chosen then rejected) and TRL's metrics; with
+    `sft_weight`, plus that times the chosen answers' mean negative log-likelihood per token
+    (`lengths`: answer tokens per row), TRL's loss_type ["sigmoid", "sft"]."""
     chosen, rejected = (logps - ref).chunk(2)  # the implicit rewards, over β
     loss = -F.logsigmoid(beta * (chosen - rejected)).mean()
+    if sft_weight:
+        # DPO alone only widens the gap: both answers' likelihoods may fall, the chosen one
+        # less, until greedy decoding produces neither (seen in the speedrun: "1 1."). The
+        # likelihood term keeps the chosen answers likely (Pang et al. 2024, RPO).
+        loss = loss + sft_weight * -logps.chunk(2)[0].sum() / lengths.chunk(2)[0].sum()
     c, r = beta * chosen.detach(), beta * rejected.detach()
     lc, lr = logps.detach().chunk(2)
     metrics = {
@@ -131,7 +150,8 @@ def dpo(c: DPOConfig, out: str | Path, resume: bool = False, stop_at: int | None
     say(f"dpo: {len(train)} train / {len(val)} val comparisons from '{c.data}'; β {c.beta}")
 
     def step(model, batch):
-        loss, metrics = dpo_loss(answer_logps(model, batch), batch["ref"], c.beta)
+        n = (batch["targets"] >= 0).sum(-1)
+        loss, metrics = dpo_loss(answer_logps(model, batch), batch["ref"], c.beta, c.sft_weight, n)
         return loss, int(batch["lengths"].sum()), metrics
 
     @torch.no_grad()
@@ -142,7 +162,9 @@ def dpo(c: DPOConfig, out: str | Path, resume: bool = False, stop_at: int | None
         for at in range(0, len(val), c.batch_size):
             idx = list(range(at, min(len(val), at + c.batch_size)))
             batch = to_device(val_loader.batch(idx), dev)
-            loss, metrics = dpo_loss(answer_logps(model, batch), batch["ref"], c.beta)
+            n = (batch["targets"] >= 0).sum(-1)
+            logps = answer_logps(model, batch)
+            loss, metrics = dpo_loss(logps, batch["ref"], c.beta, c.sft_weight, n)
             for k, v in {"loss": loss, **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
         return {f"val_{k}": v / len(val) for k, v in sums.items()}

@@ -159,10 +159,12 @@ def train_reward_model(
 
 
 @torch.no_grad()
-def score_answers(rm: RewardModel, tok, prompts: list[list[dict]], answers: list[str]):
-    """Rewards (N,) of each answer to its prompt (messages), in one right-padded batch."""
+def score_answers(rm: RewardModel, tok, prompts: list[list[dict]], answers: list):
+    """Rewards (N,) of each answer (its text, or an assistant message with tool calls) to its
+    prompt (messages), in one right-padded batch."""
+    as_message = lambda a: a if isinstance(a, dict) else {"role": "assistant", "content": a}  # noqa: E731
     rows = [
-        render(tok, p + [{"role": "assistant", "content": a}])[0][: rm.cfg.max_position_embeddings]
+        render(tok, p + [as_message(a)])[0][: rm.cfg.max_position_embeddings]
         for p, a in zip(prompts, answers)
     ]
     pad = rm.cfg.pad_token_id if rm.cfg.pad_token_id is not None else tok.eos_id

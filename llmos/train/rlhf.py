@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from llmos import runs, tasks
-from llmos.chat_format import render
+from llmos.chat_format import assistant_message, render
 from llmos.checkpoint import load_model
-from llmos.common import LlmosError, arg, atomic_write_text, dist_info, is_main
+from llmos.common import LlmosError, arg, atomic_write_text, dist_info, is_main, write_json
 from llmos.data.shards import EpochOrder
 from llmos.eval.tasks import evaluate as evaluate_tasks
 from llmos.infer.engine import Engine, SamplingConfig
@@ -77,11 +77,11 @@ class RLHFConfig(TrainConfig):
 
 
 def make_scorer(spec: str, policy_tok) -> Callable[[list[dict], list[str]], torch.Tensor]:
-    """score(records, answers) -> rewards (N,): a reward model's score of prompt + answer, or
-    each record's task checker (for task prompts)."""
+    """score(records, answers) -> rewards (N,) of assistant messages: a reward model's score
+    of prompt + answer, or each record's task checker (for task prompts)."""
     if spec == "task":
         return lambda recs, answers: torch.tensor(
-            [tasks.reward(r, a) for r, a in zip(recs, answers)]
+            [tasks.reward(r, a["content"]) for r, a in zip(recs, answers)]
         )
     if not spec.startswith("rm:"):
         raise LlmosError(f"--reward {spec!r}: use rm:DIR or task")
@@ -151,7 +151,9 @@ class RolloutLoader:
             start = len(prompts[i // K])
             ids[i, : len(row)] = torch.tensor(row)
             targets[i, start - 1 : len(row) - 1] = torch.tensor(row[start:])
-        answers = [d.text for d in done]
+        # What the policy wrote, as a message: a tool call stays a call (scored as rendered
+        # with its special tokens, as the reward model learned it), not loose JSON text.
+        answers = [assistant_message(self.tok, d.ids) for d in done]
         score = self.score([recs[i // K] for i in range(len(done))], answers)
         # The KL penalty: log pi - log pi_ref of each sampled token, summed over the answer
         # (a sample of KL(pi || pi_ref), the "k1" estimator).
@@ -291,4 +293,10 @@ def write_report(out: Path, c: RLHFConfig, start: dict | None, seconds: float) -
 ![reward vs KL](reward_kl.png) ![curves](reward_kl_curves.png)
 """
     atomic_write_text(out / "report.md", text)
+    summary = {"hacked": bool(reward_up and dropped), "verdict": verdict, "dropped": dropped}
+    summary |= {"reward_start": mean(head, "reward"), "reward_end": mean(tail, "reward")}
+    write_json(
+        out / "summary.json",
+        summary | {"checkers_start": start, "checkers_end": evals[-1] if evals else None},
+    )
     print(f"report in {out}/report.md")
