@@ -175,6 +175,9 @@ class RolloutLoader:
 
 
 def rloo_step(model, batch):
+    """REINFORCE with the batch's RLOO advantages: -A · log pi(answer), averaged over answers.
+    The logged "reward" is the scorer's minus the missing-EOS penalty; "return" also
+    subtracts the KL penalty (what the advantages are computed from)."""
     logp = token_logps(model, batch["ids"], batch["targets"])
     n_tokens = (batch["targets"] >= 0).sum()
     loss = -(batch["advantage"] * logp.sum(-1)).mean()
