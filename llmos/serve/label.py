@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from llmos.chat_format import ConversationError, check_conversation
-from llmos.data.store import Store
+from llmos.data.store import Store, label_comparisons
 from llmos.serve.errors import APIError, read_body
 from llmos.serve.web import CSP
 
@@ -90,12 +90,12 @@ def add_labeling(app: FastAPI, store: Store, queue: list[list[dict]]) -> None:
 
     @app.get("/api/labels/stats")
     async def stats():
-        done = labelled()
-        left = sum(json.dumps(p, sort_keys=True) not in done for p in queue)
+        labels = store.labels()  # one read of the store for all three counts
+        done = {json.dumps(label["prompt"], sort_keys=True) for label in labels}
         return {
-            "labels": len(store.labels()),
-            "comparisons": len(store.comparisons()),
-            "queue_left": left,
+            "labels": len(labels),
+            "comparisons": sum(len(label_comparisons(label)) for label in labels),
+            "queue_left": sum(json.dumps(p, sort_keys=True) not in done for p in queue),
         }
 
     @app.get("/api/labels/export")

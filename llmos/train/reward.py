@@ -24,6 +24,7 @@ from llmos import runs
 from llmos.chat_format import render
 from llmos.checkpoint import load_model
 from llmos.common import arg, atomic_write_text, dist_info, is_main
+from llmos.config import ModelConfig
 from llmos.data.comparisons import PairLoader, pair_ids
 from llmos.data.corpora import CorpusError, is_val
 from llmos.model import RewardModel
@@ -116,7 +117,9 @@ def train_reward_model(
     out = Path(out)
     tok = Tokenizer.load(c.base)
     pad = tok.special_ids.get("<|pad|>", tok.eos_id)
-    max_len = c.seq_len or min(load_model(c.base).cfg.max_position_embeddings, 1024)
+    # The context from config.json: the weights load once, in reward_model_from.
+    ctx = ModelConfig.load(Path(c.base) / "config.json").max_position_embeddings
+    max_len = c.seq_len or min(ctx, 1024)
     train, val = pairs_of(c, tok, max_len)
     rank, world = dist_info()
     if c.eval_every == 0:  # once per epoch

@@ -3,7 +3,6 @@
 // from elsewhere.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const state = { id: null, messages: [], controller: null };
 const SETTINGS = ["system", "temperature", "top-p", "max-tokens"];
 
@@ -50,20 +49,6 @@ function markdown(text) {
 }
 
 // -- the server ------------------------------------------------------------------------------
-
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = localStorage.getItem("llmos-api-key");
-  if (key) h.Authorization = "Bearer " + key;
-  return h;
-}
-
-async function api(method, path, body) {
-  const r = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
-  const data = await r.json();
-  if (!r.ok) throw new Error(data.error ? data.error.message : r.statusText);
-  return data;
-}
 
 function status(text) { $("status").textContent = text || ""; }
 

@@ -4,22 +4,7 @@
 // fixes). Labels go to the server's SQLite store; export turns them into TRL comparisons.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const state = { prompt: null, answers: [], ranking: [], edited: {}, verdict: null, done: [], model: null };
-
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = localStorage.getItem("llmos-api-key");
-  if (key) h.Authorization = "Bearer " + key;
-  return h;
-}
-
-async function api(method, path, body) {
-  const r = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
-  const data = await r.json();
-  if (!r.ok) throw new Error(data.error ? data.error.message : r.statusText);
-  return data;
-}
 
 function status(text, ok = false) {
   $("status").textContent = text || "";
