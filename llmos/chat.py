@@ -137,11 +137,13 @@ def chat(c: ChatConfig) -> None:
                 print(f"unknown command {cmd}; /help lists them")
             else:
                 messages += reply(engine, messages + [{"role": "user", "content": text}], s)
+            if messages:
+                write_json(autosave, {"messages": messages})  # atomic: Ctrl-C keeps the last
         except (OSError, ValueError, KeyError, TypeError, LlmosError) as e:
             # A mistyped command or an unreadable file must not end the conversation.
             print(f"error: {e}")
-        if messages:
-            write_json(autosave, {"messages": messages})
+        except KeyboardInterrupt:  # Ctrl-C just after a reply ended, before the prompt
+            print()
 
 
 def reply(engine: Engine, messages: list[dict], s: SamplingConfig) -> list[dict]:

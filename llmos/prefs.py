@@ -4,6 +4,11 @@
 (the best answer chosen, the worst rejected) for `llmos rm train` and `llmos dpo`. Judges:
 
 - `checker`: each prompt's task checker (a verifiable reward: right beats wrong);
+- `reference`: the prompt's own right answer (a task's, or a comparison's chosen one) beats
+  every distinct sample that differs from it, as in SPIN (Chen et al. 2024). A reward model
+  trained on templated answers alone has never seen what the policy really writes (at
+  temperature 1 a small model rambles on after a right answer) and may score that highest;
+  these pairs show it the policy's own mistakes;
 - `rm:DIR`: a reward model's score;
 - a model directory or an OpenAI-compatible URL: an LLM judge (Zheng et al. 2023), asked about
   every pair of answers in both orders. Judges favour a position (often the first); a verdict
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos import tasks
-from llmos.chat_format import render
+from llmos.chat_format import assistant_message, render
 from llmos.checkpoint import load_model
 from llmos.common import LlmosError, arg, write_jsonl
 from llmos.infer.engine import Engine, SamplingConfig
@@ -39,8 +44,9 @@ class PrefsConfig:
     k: int = arg(4, "answers sampled per prompt", lo=2)
     judge: str = arg(
         "checker",
-        "checker (the task's), rm:DIR (a reward model), or an LLM judge: a model directory or "
-        "an OpenAI-compatible base URL",
+        "checker (the task's), reference (the prompt's right answer beats every sample unlike "
+        "it), rm:DIR (a reward model), or an LLM judge: a model directory or an "
+        "OpenAI-compatible base URL",
     )
     api_key: str = arg("", "the judge endpoint's API key (else $OPENAI_API_KEY)")
     judge_model: str = arg("default", "the model name to ask the judge endpoint for")
@@ -109,7 +115,7 @@ def generate_preferences(c: PrefsConfig) -> dict:
     rm = rm_tok = judge = None
     if c.judge.startswith("rm:"):
         rm, rm_tok = load_model(c.judge[3:], reward=True), Tokenizer.load(c.judge[3:])
-    elif c.judge != "checker":
+    elif c.judge not in ("checker", "reference"):
         judge = LLMJudge(c.judge, c.api_key, c.judge_model)
     counts = {"prompts": len(recs), "comparisons": 0, "all_equal": 0, "judge_disagreed": 0}
     out = []
@@ -118,7 +124,11 @@ def generate_preferences(c: PrefsConfig) -> dict:
         s = SamplingConfig(
             temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=c.seed * 100003 + i
         )
-        answers = [d.text.strip() for d in engine.generate([prompt], s, stops, n=c.k)]
+        done = engine.generate([prompt], s, stops, n=c.k)
+        if c.judge == "reference":
+            out += reference_pairs(rec, [assistant_message(tok, d.ids) for d in done], counts)
+            continue
+        answers = [d.text.strip() for d in done]
         if c.judge == "checker":
             scores = [tasks.reward(rec, a) for a in answers]
         elif rm is not None:
@@ -147,10 +157,28 @@ def generate_preferences(c: PrefsConfig) -> dict:
                 "judge": c.judge,
             }
         )
+    if c.judge == "reference":
+        counts.pop("judge_disagreed")
     counts["comparisons"] = len(out)
     write_jsonl(c.out, out)
     print(f"{c.out}: {json.dumps(counts)}")
     return counts
+
+
+def reference_pairs(rec: dict, samples: list[dict], counts: dict) -> list[dict]:
+    """The prompt's right answer over each distinct sample unlike it."""
+    right = tasks.demonstration(rec)[len(rec["prompt"]) :]
+    seen, out = set(), []
+    for m in samples:
+        key = json.dumps(m, sort_keys=True)
+        if [m] == right or key in seen:
+            continue
+        seen.add(key)
+        out.append(
+            {"prompt": rec["prompt"], "chosen": right, "rejected": [m], "judge": "reference"}
+        )
+    counts["all_equal"] += not out  # every sample was the right answer
+    return out
 
 
 def prefs_command(c: PrefsConfig) -> None:

@@ -25,6 +25,7 @@ from llmos.config import PRESETS
 from llmos.data.encyclopedia import encyclopedia
 from llmos.eval.tasks import evaluate
 from llmos.infer.engine import Engine
+from llmos.prefs import PrefsConfig, generate_preferences
 from llmos.runs import read_metrics
 from llmos.tasks import hallucination
 from llmos.tokenizer import Tokenizer
@@ -58,13 +59,19 @@ class SpeedrunConfig:
     pref_pairs: int = arg(
         600, "hallucination comparisons (a third anchors, then half unknown names)", lo=3
     )
-    rm_steps: int = arg(100, "reward-model steps (16 pairs each)", lo=1)
+    rm_steps: int = arg(150, "reward-model steps (16 pairs each)", lo=1)
     dpo_steps: int = arg(200, "DPO steps (8 pairs each)", lo=1)
     dpo_lr: float = arg(1e-3, "DPO's learning rate (LoRA, as fine-tuning)", lo=0)
     dpo_sft_weight: float = arg(1.0, "weight of DPO's likelihood term on chosen answers", lo=0)
     rlhf_steps: int = arg(100, "RLHF steps (8 prompts x 4 answers each)", lo=1)
-    rlhf_lr: float = arg(1e-4, "RLHF's learning rate (every weight)", lo=0)
-    rlhf_kl: float = arg(0.1, "RLHF's KL β (a second run uses 0)", lo=0)
+    rlhf_lr: float = arg(1e-3, "RLHF's learning rate (LoRA, as fine-tuning)", lo=0)
+    rlhf_kl: float = arg(0.3, "RLHF's KL β (a second run uses 0)", lo=0)
+    rlhf_sft_weight: float = arg(
+        10.0,
+        "weight of RLHF's likelihood term on the comparisons' chosen answers (0: pure RL, "
+        'which never samples "I don\'t know" and so cannot learn it)',
+        lo=0,
+    )
     eval_n: int = arg(40, "held-out questions per task", lo=1)
     seed: int = arg(0, "seed of every stage")
 
@@ -141,7 +148,7 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
 # -- the preference stage (issue 14) --------------------------------------------------------
 
 # Run directories of the stage's policies, in the report's order.
-PREFERENCE_MODELS = ["dpo", "rlhf", "rlhf-kl0"]
+PREFERENCE_MODELS = ["dpo", "rlhf", "rlhf-no-reward", "rlhf-kl0"]
 
 
 def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
@@ -152,7 +159,18 @@ def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
     stage was stopped."""
     sft_dir, data = str(out / "assistant"), "hallucination:1"
     common = dict(base=sft_dir, data=data, task_size=c.pref_pairs, seed=c.seed)
-    rm = RMConfig(**common, max_steps=c.rm_steps, checkpoint_every=100)
+    # The reward model also learns that the assistant's own samples lose to the right answers
+    # (SPIN-style pairs): trained on templated answers alone, it scored what a small model
+    # writes at temperature 1 (a right answer, then rambling) above the right answer, and RLHF
+    # learned to ramble (docs/LOG.md, session 8).
+    own, t = out / "prefs-own-samples.jsonl", time.time()
+    if not own.exists():
+        generate_preferences(
+            PrefsConfig(model=sft_dir, prompts="prefs:hallucination", task_size=c.pref_pairs // 2,
+                        k=4, max_new_tokens=32, judge="reference", seed=c.seed, out=str(own))
+        )  # fmt: skip
+        times["own-sample pairs"] = time.time() - t
+    rm = RMConfig(**common | {"data": f"{data},{own}"}, max_steps=c.rm_steps, checkpoint_every=100)
     dpo_c = DPOConfig(
         **common,
         max_steps=c.dpo_steps,
@@ -168,6 +186,8 @@ def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
         task_size=c.pref_pairs,
         max_steps=c.rlhf_steps,
         lr=c.rlhf_lr,
+        lora_rank=c.sft_lora_rank,
+        sft_weight=c.rlhf_sft_weight,
         kl_coef=c.rlhf_kl,
         eval_n=20,
         eval_every=max(1, c.rlhf_steps // 4),
@@ -178,6 +198,11 @@ def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
         ("reward model", "rm", lambda resume: train_reward_model(rm, out / "rm", resume)),
         ("dpo", "dpo", lambda resume: dpo(dpo_c, out / "dpo", resume)),
         ("rlhf", "rlhf", lambda resume: rlhf(rl, out / "rlhf", resume)),
+        (
+            "rlhf, no reward",
+            "rlhf-no-reward",
+            lambda resume: rlhf(replace(rl, reward="none"), out / "rlhf-no-reward", resume),
+        ),
         (
             "rlhf, no KL",
             "rlhf-kl0",
@@ -213,7 +238,20 @@ def preference_card(out: Path, c: SpeedrunConfig, results: dict) -> str:
     intervals, the other tasks, and win rates against the assistant by checkers and by the
     reward model."""
     rm, rm_tok = load_model(out / "rm", reward=True), Tokenizer.load(out / "rm")
-    rm_rows = [r for r in read_metrics(out / "rm") if "val_accuracy" in r]
+    # The reward model on comparisons of people and names none of its pairs had (the eval
+    # split), so the figure is not one of pairs it was trained beside.
+    held = hallucination.preferences(300, c.seed, "eval")
+    prompts = [p["prompt"] for p in held]
+    chosen = score_answers(rm, rm_tok, prompts, [p["chosen"][0] for p in held])
+    rejected = score_answers(rm, rm_tok, prompts, [p["rejected"][0] for p in held])
+    right = (chosen > rejected).tolist()
+    rm_right = sum(right)
+    lo, hi = wilson(rm_right, len(held))
+    by_kind = {}
+    for p, ok in zip(held, right):
+        by_kind.setdefault(p["kind"], []).append(ok)
+    kinds = ", ".join(f"{k} {sum(v) / len(v):.0%} of {len(v)}" for k, v in sorted(by_kind.items()))
+    rm_val = [r for r in read_metrics(out / "rm") if "val_accuracy" in r][-1]["val_accuracy"]
     sft = results["assistant"]
     judged = ("hallucination", "knowledge")
     sft_ex = [e for g in judged for e in sft[g]["examples"]]
@@ -222,9 +260,14 @@ def preference_card(out: Path, c: SpeedrunConfig, results: dict) -> str:
     for name in ["assistant", *PREFERENCE_MODELS]:
         r = results[name]
         said_idk = lambda e: hallucination.admits_not_knowing(e["reply"])  # noqa: E731
+        # Paired with the assistant, question by question: with 15 known people one question
+        # is 7 points, so which ones changed says more than the two rates.
+        pairs = list(zip(r["knowledge"]["examples"], sft["knowledge"]["examples"]))
+        gained = sum(a["correct"] and not b["correct"] for a, b in pairs)
+        lost = sum(b["correct"] and not a["correct"] for a, b in pairs)
         rows.append(
             f"| {name} | {_rate(r['hallucination']['examples'], lambda e: not e['correct'])} | "
-            f"{_rate(r['knowledge']['examples'], lambda e: e['correct'])} | "
+            f"{_rate(r['knowledge']['examples'], lambda e: e['correct'])} | +{gained} −{lost} | "
             f"{_rate(r['knowledge']['examples'], said_idk)} | "
             + " | ".join(f"{r[g]['accuracy']:.0%}" for g in others)
             + " |"
@@ -242,8 +285,8 @@ def preference_card(out: Path, c: SpeedrunConfig, results: dict) -> str:
             f"| {name} | {sum(by_check) / len(by_check):.0%} | {float(by_rm):.0%} | {len(ex)} |"
         )
     header = (
-        '| model | hallucinates (unknown names) | knowledge right (known) | says "I don\'t know" '
-        f"(known) | {' | '.join(others)} |"
+        "| model | hallucinates (unknown names) | knowledge right (known) | known: right now, "
+        f'wrong now vs the assistant | says "I don\'t know" (known) | {" | ".join(others)} |'
     )
     hacked = json.loads((out / "rlhf-kl0" / "summary.json").read_text())["verdict"]
     n_unknown, n_known = len(sft["hallucination"]["examples"]), len(sft["knowledge"]["examples"])
@@ -251,17 +294,22 @@ def preference_card(out: Path, c: SpeedrunConfig, results: dict) -> str:
 ## Preferences: hallucination (issue 14)
 
 The assistant was never shown a question about someone it does not know, so it names a town
-for anyone. {c.pref_pairs} comparisons train a reward model ({c.rm_steps} steps; held-out pair
-accuracy **{100 * rm_rows[-1]["val_accuracy"]:.0f}%**), DPO ({c.dpo_steps} steps, LoRA, β 0.1,
-likelihood term {c.dpo_sft_weight}) and RLHF (RLOO, {c.rlhf_steps} steps, lr {c.rlhf_lr}, KL β
-{c.rlhf_kl}, and again with β 0): for unknown names "I don't know who X is." beats a made-up
-answer; for the fine-tuning half of the encyclopedia the true town beats "I don't know" or a
-wrong answer; for a third, the fine-tuning tasks' own answers beat "I don't know" (anchors).
+for anyone. {c.pref_pairs} comparisons train a reward model ({c.rm_steps} steps, with pairs
+where the assistant's own samples lose to the right answer; held-out pair accuracy
+**{rm_val:.0%}** on pairs split off its data, and **{rm_right / len(held):.0%}** [{lo:.0%},
+{hi:.0%}] on {len(held)} comparisons of people and names none of its pairs had: {kinds}), DPO
+({c.dpo_steps} steps, LoRA, β 0.1, likelihood term {c.dpo_sft_weight}) and RLHF (RLOO on the
+reward model's scores, LoRA, {c.rlhf_steps} steps, lr {c.rlhf_lr}, KL β {c.rlhf_kl}, likelihood
+term {c.rlhf_sft_weight} on the chosen answers as InstructGPT's PPO-ptx mixes in pretraining;
+again with no reward at all, `rlhf-no-reward`, to show what the reward adds; and with β 0):
+for unknown names "I don't know who X is." beats a made-up answer; for the fine-tuning half
+of the encyclopedia the true town beats "I don't know" or a wrong answer; for a third, the
+fine-tuning tasks' own answers beat "I don't know" (anchors).
 Held-out: {n_unknown} names nobody in the corpus has, {n_known} questions about the
 encyclopedia's other half (facts only in pretraining); greedy; 95% Wilson intervals.
 
 {header}
-|---|---|---|---|{"---|" * len(others)}
+|---|---|---|---|---|{"---|" * len(others)}
 {chr(10).join(rows)}
 
 Win rate against the assistant on those {n_unknown + n_known} questions (a tie counts half):

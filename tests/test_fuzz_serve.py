@@ -97,6 +97,35 @@ conversation = st.fixed_dictionaries(
         "settings": anything,
     },
 )
+# The labeling page's and the web chat's labels and corrections (they write to the store).
+label = st.fixed_dictionaries(
+    {},
+    optional={
+        "prompt": st.lists(message, max_size=3) | anything,
+        "answers": st.lists(text, max_size=4) | anything,
+        "ranking": st.lists(small_int, max_size=4) | anything,
+        "verdict": st.sampled_from(["ranked", "tie", "all_bad", "bogus"]) | anything,
+        "edited": st.lists(
+            st.fixed_dictionaries({"index": small_int | big_int, "text": text}), max_size=2
+        )
+        | anything,
+        "models": st.lists(text, max_size=4) | anything,
+        "labeler": text | anything,
+    },
+)
+correction = st.fixed_dictionaries(
+    {},
+    optional={
+        "messages": st.lists(message, max_size=3) | anything,
+        "original": text | anything,
+        "labeler": text | anything,
+    },
+)
+label_sample = st.fixed_dictionaries(
+    {},
+    optional={"source": small_int | big_int | anything, "messages": st.lists(message, max_size=2),
+              **{k: sampling[k] for k in ("n", "temperature", "max_tokens")}},
+)  # fmt: skip
 
 # Mostly valid requests with one or more edge values: these reach the engine and the sampler.
 user_turn = st.fixed_dictionaries({"role": st.just("user"), "content": text})
@@ -123,8 +152,11 @@ request = st.one_of(
         st.sampled_from(["/api/conversations/c1", "/api/conversations/" + "x" * 80]),
         conversation.map(json.dumps),
     ),
+    st.tuples(st.just("/api/labels"), label.map(json.dumps)),
+    st.tuples(st.just("/api/corrections"), correction.map(json.dumps)),
+    st.tuples(st.just("/api/label/sample"), label_sample.map(json.dumps)),
     st.tuples(
-        st.sampled_from(["/v1/chat/completions", "/v1/completions", "/api/chat"]),
+        st.sampled_from(["/v1/chat/completions", "/v1/completions", "/api/chat", "/api/labels"]),
         st.binary(max_size=60)
         | st.sampled_from([nested(40), nested(5000), '{"model": NaN}', '{"a": 1e999}', "[]"])
         | anything.map(json.dumps),

@@ -3,6 +3,7 @@ LlamaForSequenceClassification scores the saved reward model, and TRL's DPOTrain
 the DPO loss on the same models and pairs."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -372,3 +373,70 @@ def test_prefs_generate_with_the_checker_and_a_reward_model(assistant, reward_mo
     c.judge, c.out = "checker", str(tmp_path / "checker.jsonl")
     counts = generate_preferences(c)
     assert counts["all_equal"] + counts["comparisons"] == counts["prompts"]
+
+
+def test_rlhf_loss_with_temperature_and_likelihood_term_matches_transformers(
+    assistant, tmp_path, monkeypatch
+):
+    """One RLOO step's loss on real rollouts, recomputed from transformers' logits: the
+    tempered log-probs of the sampled answers (prompt and padding left out), the leave-one-out
+    advantages, and the likelihood term on the comparisons' chosen answers. Then a short run
+    with LoRA saves a plain checkpoint that transformers loads."""
+    from transformers import AutoModelForCausalLM
+
+    import llmos.train.rlhf as rlhf_mod
+
+    _, model_dir = assistant
+    tok = Tokenizer.load(model_dir)
+    prompts = write_jsonl(tmp_path / "p.jsonl", PAIRS)
+    c = rlhf_mod.RLHFConfig(base=str(model_dir), reward="scripted", prompts=str(prompts),
+                            batch_size=3, group_size=2, max_new_tokens=8, temperature=0.7,
+                            sft_weight=0.5, kl_coef=0.0, eval_tasks="")  # fmt: skip
+    policy, ref = load_model(model_dir), load_model(model_dir)
+    recs = [{"prompt": p["prompt"], "chosen": p["chosen"]} for p in PAIRS]
+    by_length = lambda recs, answers: torch.tensor([float(len(a["content"])) for a in answers])  # noqa: E731
+    loader = rlhf_mod.RolloutLoader(c, policy, ref, tok, recs, by_length)
+    batch = loader.next()
+    loss, _, metrics = rlhf_mod.rloo_step(policy, batch, c.sft_weight, c.temperature)
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+
+    def logps(ids, targets, temperature):
+        logits = hf(ids).logits.float() / temperature
+        picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        return torch.where(targets >= 0, picked, 0.0)
+
+    with torch.no_grad():
+        pg = -(batch["advantage"] * logps(batch["ids"], batch["targets"], 0.7).sum(-1)).mean()
+        demo = logps(batch["demo_ids"], batch["demo_targets"], 1.0)
+        nll = -demo.sum() / (batch["demo_targets"] >= 0).sum()
+    assert torch.allclose(loss, pg + 0.5 * nll, atol=1e-4), (loss, pg, nll)
+    assert torch.allclose(metrics["sft_nll"], nll, atol=1e-4)
+    # every chosen answer, and only those, is learned from
+    learned = [tok.decode([t for t in row.tolist() if t >= 0]) for row in batch["demo_targets"]]
+    shown = sorted(r["chosen"][0]["content"] for r in recs)
+    assert sorted(x.replace("<|end|>", "") for x in learned) == shown
+
+    monkeypatch.setattr(rlhf_mod, "make_scorer", lambda spec, tok: by_length)
+    out = rlhf_mod.rlhf(replace(c, lora_rank=4, max_steps=2, lr=1e-2), tmp_path / "lora")
+    tuned = AutoModelForCausalLM.from_pretrained(out)  # merged: an ordinary Llama checkpoint
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.parameters(), hf.parameters()))
+
+
+def test_prefs_generate_with_the_reference_judge(assistant, tmp_path):
+    """SPIN-style pairs: the prompt's own right answer beats each distinct sample unlike it."""
+    from llmos.prefs import PrefsConfig, generate_preferences
+
+    _, model_dir = assistant
+    prompts = write_jsonl(tmp_path / "p.jsonl", PAIRS)
+    out = tmp_path / "ref.jsonl"
+    c = PrefsConfig(model=str(model_dir), prompts=str(prompts), task_size=3, k=3,
+                    max_new_tokens=8, judge="reference", out=str(out))  # fmt: skip
+    counts = generate_preferences(c)
+    recs = read_comparisons(out)
+    assert counts["comparisons"] == len(recs) > 0
+    right = {json.dumps(p["prompt"]): p["chosen"] for p in PAIRS}
+    for r in recs:
+        assert r["chosen"] == right[json.dumps(r["prompt"])] != r["rejected"]
+    pairs = [(json.dumps(r["prompt"]), json.dumps(r["rejected"])) for r in recs]
+    assert len(set(pairs)) == len(pairs)  # each sample once

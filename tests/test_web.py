@@ -303,3 +303,84 @@ def test_fix_this_answer_keeps_a_correction_to_fine_tune_on(labeling, assistant,
             "--val-fraction", "0", "--out", str(tmp_path / "fixed")]  # fmt: skip
     assert main(args) == 0
     page.close()
+
+
+def test_labeling_page_samples_other_models_blind(browser, assistant, tmp_path, monkeypatch):
+    """Answers from the served model and from another endpoint (a scripted stand-in for any
+    OpenAI-compatible server), shared out, shuffled and blind; the pick records which model
+    wrote what, and the endpoint's key stays on the server."""
+    from llmos.data.comparisons import read_comparisons
+
+    from .test_agent import Script
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-endpoint-secret")
+    other = Script([{"content": "An answer from the other model."}] * 10)
+    _, model_dir = assistant
+    db = tmp_path / "chats.sqlite"
+    c = ServeConfig(api_key=KEY, db=str(db), label_endpoints=f"{other.url}#other-model")
+    app = create_app(model_dir, c)
+    url, srv = start_server(app)
+    try:
+        page = browser.new_page()
+        requests = []
+        page.on("request", lambda r: requests.append((r.url, r.post_data or "")))
+        page.goto(url + "/label")
+        page.fill("#api-key", KEY)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("() => document.getElementById('model').textContent.includes(',')")
+        assert "other-model" in page.inner_text("#model")
+        page.fill("#k", "4")
+        page.fill("#prompt", "What is 12 * 34?")
+        page.click("#sample")
+        page.wait_for_function("() => document.querySelectorAll('.answer').length === 4")
+        texts = page.locator(".answer .text").all_inner_texts()
+        assert texts.count("An answer from the other model.") == 2  # 4 shared over 2 models
+        assert len(other.requests) == 2 and {r["model"] for r in other.requests} == {"other-model"}
+        tags = page.locator(".answer .model")
+        assert not any(tags.nth(i).is_visible() for i in range(4))  # blind by default
+        page.check("#show-models")
+        shown = tags.all_inner_texts()
+        assert sorted(shown) == sorted(["other-model"] * 2 + [app.state.served.name] * 2)
+        best = texts.index("An answer from the other model.")
+        page.locator(".answer").nth(best).click()
+        page.click("#submit")
+        page.wait_for_function(
+            "() => document.getElementById('progress').textContent.startsWith('1 labelled')"
+        )
+        # The browser only ever talked to this server; the key never reached it.
+        assert all(u.startswith(url) for u, _ in requests)
+        assert not any("sk-endpoint-secret" in u + d for u, d in requests)
+        r = httpx.get(url + "/api/labels/export", headers={"Authorization": f"Bearer {KEY}"})
+        path = tmp_path / "out.jsonl"
+        path.write_text(r.text)
+        recs = [r for r in read_comparisons(path)]
+        raw = [json.loads(line) for line in r.text.splitlines()]
+        assert recs and all(x["chosen_model"] == "other-model" for x in raw)
+        assert {x["rejected_model"] for x in raw} == {app.state.served.name}
+        page.close()
+    finally:
+        srv.should_exit = True
+
+
+def test_labeling_endpoint_that_is_down_is_named_not_fatal(assistant, tmp_path):
+    _, model_dir = assistant
+    c = ServeConfig(db=str(tmp_path / "c.sqlite"), label_endpoints="http://127.0.0.1:9/v1#gone")
+    app = create_app(model_dir, c)
+    url, srv = start_server(app)
+    try:
+        body = {"source": 1, "messages": [{"role": "user", "content": "hi"}], "n": 1}
+        r = httpx.post(url + "/api/label/sample", json=body, timeout=60)
+        assert r.status_code == 502 and "127.0.0.1:9" in r.json()["error"]["message"]
+        r = httpx.post(url + "/api/label/sample", json={**body, "source": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "source"
+        ok = httpx.post(
+            url + "/v1/chat/completions",
+            json={
+                "model": app.state.served.name,
+                "max_tokens": 3,
+                "messages": [{"role": "user", "content": "hi"}],
+            },  # fmt: skip
+        )
+        assert ok.status_code == 200  # the server keeps serving
+    finally:
+        srv.should_exit = True

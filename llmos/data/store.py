@@ -29,7 +29,8 @@ SCHEMA = [
     updated REAL NOT NULL
 )""",
     # One row per labelled prompt: the K answers shown, the ranking (best first; may be partial
-    # or empty), the verdict ("ranked", "tie" or "all_bad"), edits ([{index, text}]), who, when.
+    # or empty), the verdict ("ranked", "tie" or "all_bad"), edits ([{index, text}]), who, when,
+    # and the model or endpoint that wrote each answer (a column added later: see Store).
     """CREATE TABLE IF NOT EXISTS labels (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     prompt TEXT NOT NULL,
@@ -38,7 +39,8 @@ SCHEMA = [
     verdict TEXT NOT NULL,
     edited TEXT NOT NULL,
     labeler TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    models TEXT NOT NULL DEFAULT '[]'
 )""",
     """CREATE TABLE IF NOT EXISTS corrections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -94,6 +96,10 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             for table in SCHEMA:
                 db.execute(table)
+            # A store from before labels had `models` gains it (an old label's answers have
+            # no recorded model).
+            if "models" not in {r["name"] for r in db.execute("PRAGMA table_info(labels)")}:
+                db.execute("ALTER TABLE labels ADD COLUMN models TEXT NOT NULL DEFAULT '[]'")
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -148,10 +154,11 @@ class Store:
     def add_label(self, label: dict) -> int:
         row = [_json(label[k]) for k in ("prompt", "answers", "ranking")]
         row += [label["verdict"], _json(label["edited"]), label["labeler"], time.time()]
+        row += [_json(label.get("models") or [])]
         with self._db() as db:
             cur = db.execute(
-                "INSERT INTO labels (prompt, answers, ranking, verdict, edited, labeler, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO labels (prompt, answers, ranking, verdict, edited, labeler, created, "
+                "models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             return int(cur.lastrowid)
@@ -166,26 +173,33 @@ class Store:
         out = []
         for r in rows:
             d = dict(r)
-            for k in ("prompt", "answers", "ranking", "edited"):
+            for k in ("prompt", "answers", "ranking", "edited", "models"):
                 d[k] = json.loads(d[k])
             out.append(d)
         return out
 
     def comparisons(self) -> list[dict]:
-        """Every label as TRL comparison records (with who labelled it and when)."""
+        """Every label as TRL comparison records (with who labelled it and when, and which
+        model wrote each answer where the label recorded it; an edit is the labeler's)."""
         out = []
         for label in self.labels():
+            wrote = dict(zip(label["answers"], label["models"]))
+            wrote |= {e["text"]: f"{label['labeler']} (edit)" for e in label["edited"]}
             for chosen, rejected in label_comparisons(label):
-                out.append(
-                    {
-                        "prompt": label["prompt"],
-                        "chosen": [{"role": "assistant", "content": chosen}],
-                        "rejected": [{"role": "assistant", "content": rejected}],
-                        "labeler": label["labeler"],
-                        "created": label["created"],
-                        "label_id": label["id"],
+                rec = {
+                    "prompt": label["prompt"],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                    "labeler": label["labeler"],
+                    "created": label["created"],
+                    "label_id": label["id"],
+                }
+                if wrote:
+                    rec |= {
+                        "chosen_model": wrote.get(chosen),
+                        "rejected_model": wrote.get(rejected),
                     }
-                )
+                out.append(rec)
         return out
 
     # -- corrections ("fix this answer" in the web chat) ---------------------------------------

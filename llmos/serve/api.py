@@ -74,6 +74,11 @@ class ServeConfig:
         "the labeling page's (/label) queue: tasks' questions and JSONL files of prompts, "
         "comma-separated name[:weight] (50 questions a unit)",
     )
+    label_endpoints: str = arg(
+        "",
+        "other models whose answers join the labeling page's candidates: OpenAI-compatible "
+        "servers, comma-separated URL[#MODEL] (API key: OPENAI_API_KEY, kept on this server)",
+    )
     request_timeout: float = arg(
         600.0,
         "seconds a request may take, waiting included; then it ends as if out of tokens",
@@ -554,7 +559,8 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
 
     add_web_chat(app, store, served.batcher, tools, Path(c.db).parent / "files")
     queue = tasks.prompts(c.label_prompts, 50, 0) if c.label_prompts else []
-    add_labeling(app, store, [r["prompt"] for r in queue])
+    endpoints = [e.strip() for e in c.label_endpoints.split(",") if e.strip()]
+    add_labeling(app, store, [r["prompt"] for r in queue], served.name, endpoints)
     return app
 
 

@@ -139,7 +139,7 @@ def prompts(spec: str, task_size: int, seed: int) -> list[dict]:
             continue
         if name.startswith("prefs:") and name[6:] in PREFERENCES:  # a preference task's prompts
             recs = PREFERENCES[name[6:]](int(task_size * weight), seed)
-            out += [{"prompt": r["prompt"]} for r in recs]
+            out += [{"prompt": r["prompt"], "chosen": r["chosen"]} for r in recs]
             continue
         for n, rec in read_jsonl(name):
             msgs = rec.get("prompt") or rec.get("messages")
@@ -151,6 +151,16 @@ def prompts(spec: str, task_size: int, seed: int) -> list[dict]:
     if not out:
         raise CorpusError(f"--prompts '{spec}' gives no prompts")
     return out
+
+
+def demonstration(rec: dict) -> list[dict]:
+    """The conversation a prompt record (from `prompts`) shows as right: the prompt and a
+    comparison's chosen answer, or a task's whole conversation."""
+    if "chosen" in rec:
+        return rec["prompt"] + rec["chosen"]
+    if len(rec.get("messages") or []) > len(rec["prompt"]):
+        return rec["messages"]
+    raise CorpusError(f"this prompt shows no right answer to learn from: {rec['prompt']}")
 
 
 @dataclass

@@ -53,18 +53,19 @@ def reward(rec: dict, reply: str) -> float:
     return float(admits_not_knowing(reply))
 
 
-def _comparison(question: str, chosen: str, rejected: str) -> dict:
+def _comparison(question: str, chosen: str, rejected: str, kind: str) -> dict:
     return {
         "prompt": [{"role": "user", "content": question}],
         "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}],
+        "kind": kind,
     }
 
 
 def preferences(n: int, seed: int = 0, split: str = "train") -> list[dict]:
     """n comparisons: a third anchors (below), and of the rest half on unknown names (not
     knowing beats a made-up answer) and half on known people (their town beats not knowing,
-    or a wrong answer), shuffled.
+    or a wrong answer), shuffled; each says its `kind` (anchor, unknown, known).
 
     The wrong answers are of three kinds so that nothing but the person decides: an invented
     town, another person's real town, and another person's whole fact. With invented towns
@@ -97,18 +98,21 @@ def preferences(n: int, seed: int = 0, split: str = "train") -> list[dict]:
                 "prompt": [prompt],
                 "chosen": [answer],
                 "rejected": [{"role": "assistant", "content": r.choice(DONT_KNOW)}],
+                "kind": "anchor",
             }
         )
     n -= n // 3
     for name in unknown_names(n - n // 2, split):
         out.append(
-            _comparison(f"Where was {name} born?", UNKNOWN.format(name=name), wrong(name, None))
+            _comparison(
+                f"Where was {name} born?", UNKNOWN.format(name=name), wrong(name, None), "unknown"
+            )
         )
     for i in range(n // 2):
         q = known[i % len(known)]
         name = q["messages"][0]["content"][len("Where was ") : -len(" born?")]
         answer, town = q["messages"][1]["content"], q["answer"]
         worse = UNKNOWN.format(name=name) if r.random() < 0.5 else wrong(name, town)
-        out.append(_comparison(q["messages"][0]["content"], answer, worse))
+        out.append(_comparison(q["messages"][0]["content"], answer, worse, "known"))
     r.shuffle(out)
     return out

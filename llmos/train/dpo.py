@@ -30,6 +30,7 @@ from llmos.common import arg, atomic_write, atomic_write_text, device, dist_info
 from llmos.data.comparisons import PairLoader
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
+from llmos.train import lora
 from llmos.train.loop import TrainConfig, check_start, to_device, train_loop
 from llmos.train.lora import add_lora, merged
 from llmos.train.reward import pairs_of
@@ -48,8 +49,8 @@ class DPOConfig(TrainConfig):
     task_size: int = arg(1000, "comparisons a task generates per unit of weight", lo=1)
     seq_len: int = arg(0, "longest prompt + answer; 0: the model's context, at most 1024", lo=0)
     val_fraction: float = arg(0.1, "share of the comparisons held out", lo=0, hi=0.9)
-    lora_rank: int = arg(0, "> 0: train LoRA adapters of this rank instead of every weight", lo=0)
-    lora_alpha: float = arg(16.0, "LoRA scale: the update is alpha / rank · B A", lo=0)
+    lora_rank: int = lora.rank_arg()
+    lora_alpha: float = lora.alpha_arg()
     sft_weight: float = arg(
         0.0,
         "add this times the chosen answers' NLL per token (TRL's 'sft' loss; RPO), so DPO "

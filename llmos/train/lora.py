@@ -12,7 +12,18 @@ import math
 import torch
 import torch.nn as nn
 
+from llmos.common import arg
 from llmos.model import Transformer
+
+
+def rank_arg():
+    """The --lora-rank flag of every trainer that can use adapters."""
+    return arg(0, "> 0: train LoRA adapters of this rank instead of every weight", lo=0)
+
+
+def alpha_arg():
+    return arg(16.0, "LoRA scale: the update is alpha / rank · B A", lo=0)
+
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -35,6 +35,7 @@ from llmos.eval.tasks import evaluate as evaluate_tasks
 from llmos.infer.engine import Engine, SamplingConfig
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
+from llmos.train import lora
 from llmos.train.loop import TrainConfig, check_start, train_loop
 from llmos.train.reward import score_answers
 
@@ -44,7 +45,8 @@ class RLHFConfig(TrainConfig):
     base: str = arg("", "the policy to start from, also the frozen reference", positional=True)
     reward: str = arg(
         "",
-        "rm:DIR (a reward model from `llmos rm train`) or task (each prompt's task checker)",
+        "rm:DIR (a reward model from `llmos rm train`), task (each prompt's task checker), or "
+        "none (the ablation: what the likelihood term and the KL penalty do without a reward)",
         required=True,
     )
     prompts: str = arg(
@@ -64,7 +66,23 @@ class RLHFConfig(TrainConfig):
         "missing_eos_penalty): else a policy can pad an answer with tokens the scorer never sees",
         lo=0,
     )
+    sft_weight: float = arg(
+        0.0,
+        "weight of a likelihood term on the prompts' demonstrations (a comparison's chosen "
+        "answer, a task's answer), added to the RL loss as InstructGPT's PPO-ptx adds "
+        "pretraining text: it puts answers the policy never samples within its reach",
+        lo=0,
+    )
     max_new_tokens: int = arg(32, "longest answer sampled", lo=1)
+    temperature: float = arg(
+        1.0,
+        "sampling temperature of the rollouts; the policy trained (and its KL) is the tempered "
+        "one, softmax(logits / T), so the update stays on-policy (as TRL's PPO computes it)",
+        lo=0.05,
+        hi=10,
+    )
+    lora_rank: int = lora.rank_arg()
+    lora_alpha: float = lora.alpha_arg()
     task_size: int = arg(200, "prompts a task gives per unit of weight", lo=1)
     # RLHF defaults (help as in TrainConfig); batch_size counts prompts.
     batch_size: int = 8
@@ -79,12 +97,14 @@ class RLHFConfig(TrainConfig):
 def make_scorer(spec: str, policy_tok) -> Callable[[list[dict], list[str]], torch.Tensor]:
     """score(records, answers) -> rewards (N,) of assistant messages: a reward model's score
     of prompt + answer, or each record's task checker (for task prompts)."""
+    if spec == "none":
+        return lambda recs, answers: torch.zeros(len(answers))
     if spec == "task":
         return lambda recs, answers: torch.tensor(
             [tasks.reward(r, a["content"]) for r, a in zip(recs, answers)]
         )
     if not spec.startswith("rm:"):
-        raise LlmosError(f"--reward {spec!r}: use rm:DIR or task")
+        raise LlmosError(f"--reward {spec!r}: use rm:DIR, task or none")
     rm, tok = load_model(spec[3:], reward=True), Tokenizer.load(spec[3:])
     return lambda recs, answers: score_answers(rm, tok, [r["prompt"] for r in recs], answers)
 
@@ -100,9 +120,12 @@ def rloo_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
     return (g - (g.sum(-1, keepdim=True) - g) / (k - 1)).flatten()
 
 
-def token_logps(model: Transformer, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log pi of each target token (B, T); 0 where the target is -1 (prompt, padding)."""
-    logits = model(ids).float()
+def token_logps(
+    model: Transformer, ids: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log pi of each target token (B, T) under softmax(logits / temperature); 0 where the
+    target is -1 (prompt, padding)."""
+    logits = model(ids).float() / temperature
     logp = -F.cross_entropy(
         logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
     )
@@ -134,12 +157,16 @@ class RolloutLoader:
         c, K = self.c, self.c.group_size
         recs = [self.recs[self.order.next()] for _ in range(self.prompts_per_rank)]
         prompts = [render(self.tok, r["prompt"], add_generation_prompt=True)[0] for r in recs]
-        # Sample from the policy as it is now: temperature 1, no truncation, so the answers'
-        # probabilities are exactly pi's (on-policy). A fresh engine sees the current weights.
+        # Sample from the policy as it is now, no truncation, so the answers' probabilities are
+        # exactly the (tempered) pi's: on-policy. A fresh engine sees the current weights.
         self.policy.eval()
-        engine = Engine(self.policy, self.tok, dtype="fp32")
+        # The engine packs plain weights: adapters are folded into a copy first.
+        sampler = lora.merged(self.policy) if c.lora_rank else self.policy
+        engine = Engine(sampler, self.tok, dtype="fp32")
         s = SamplingConfig(
-            temperature=1.0, max_new_tokens=c.max_new_tokens, seed=int(torch.randint(2**62, ()))
+            temperature=c.temperature,
+            max_new_tokens=c.max_new_tokens,
+            seed=int(torch.randint(2**62, ())),
         )
         done = engine.generate(prompts, s, stop_ids=self.stop_ids, n=K)
         self.policy.train()
@@ -157,13 +184,17 @@ class RolloutLoader:
         score = self.score([recs[i // K] for i in range(len(done))], answers)
         # The KL penalty: log pi - log pi_ref of each sampled token, summed over the answer
         # (a sample of KL(pi || pi_ref), the "k1" estimator).
-        kl = token_logps(self.policy, ids, targets) - token_logps(self.reference, ids, targets)
+        T = c.temperature
+        kl = token_logps(self.policy, ids, targets, T) - token_logps(
+            self.reference, ids, targets, T
+        )
         kl = kl.sum(-1)
         unfinished = torch.tensor([d.finish_reason == "length" for d in done], dtype=torch.float)
         score = score - c.missing_eos_penalty * unfinished
         ret = score - c.kl_coef * kl
         lengths = torch.tensor([len(d.ids) for d in done], dtype=torch.float)
-        return {
+        demos = self.demonstrations(recs) if c.sft_weight else {}
+        return demos | {
             "ids": ids,
             "targets": targets,
             "advantage": rloo_advantages(ret, K),
@@ -173,15 +204,34 @@ class RolloutLoader:
             "length": lengths,
         }
 
+    def demonstrations(self, recs: list[dict]) -> dict:
+        """The batch's demonstrations as rows to learn (their assistant tokens)."""
+        rows = [render(self.tok, tasks.demonstration(r)) for r in recs]
+        T = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), T), self.pad)
+        targets = torch.full((len(rows), T), -1)
+        for i, (row, mask) in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            learn = torch.tensor(row[1:]).masked_fill(torch.tensor(mask[1:]) == 0, -1)
+            targets[i, : len(row) - 1] = learn
+        return {"demo_ids": ids, "demo_targets": targets}
 
-def rloo_step(model, batch):
-    """REINFORCE with the batch's RLOO advantages: -A · log pi(answer), averaged over answers.
-    The logged "reward" is the scorer's minus the missing-EOS penalty; "return" also
-    subtracts the KL penalty (what the advantages are computed from)."""
-    logp = token_logps(model, batch["ids"], batch["targets"])
+
+def rloo_step(model, batch, sft_weight: float = 0.0, temperature: float = 1.0):
+    """REINFORCE with the batch's RLOO advantages: -A · log pi(answer), averaged over answers,
+    plus `sft_weight` times the demonstrations' mean negative log-likelihood per token. The
+    logged "reward" is the scorer's minus the missing-EOS penalty; "return" also subtracts the
+    KL penalty (what the advantages are computed from)."""
+    logp = token_logps(model, batch["ids"], batch["targets"], temperature)
     n_tokens = (batch["targets"] >= 0).sum()
     loss = -(batch["advantage"] * logp.sum(-1)).mean()
-    metrics = {
+    metrics = {}
+    if sft_weight:
+        demo = token_logps(model, batch["demo_ids"], batch["demo_targets"])
+        nll = -demo.sum() / (batch["demo_targets"] >= 0).sum()
+        loss = loss + sft_weight * nll
+        metrics["sft_nll"] = nll.detach()
+    metrics |= {
         "reward": batch["reward"].mean(),
         "kl": batch["kl"].mean(),
         "return": batch["return"].mean(),
@@ -213,6 +263,8 @@ def rlhf(c: RLHFConfig, out: str | Path, resume: bool = False, stop_at: int | No
     policy, reference = load_model(c.base), load_model(c.base)
     for p in reference.parameters():
         p.requires_grad_(False)
+    if c.lora_rank:
+        lora.add_lora(policy, c.lora_rank, c.lora_alpha)
     recs = tasks.prompts(c.prompts, c.task_size, c.seed)
     score = make_scorer(c.reward, tok)
     rank, world = dist_info()
@@ -224,12 +276,24 @@ def rlhf(c: RLHFConfig, out: str | Path, resume: bool = False, stop_at: int | No
         f"{c.reward}; KL β {c.kl_coef}"
     )
 
+    export = lora.merged if c.lora_rank else (lambda m: m)
+
     def evaluate(model, windows):
-        return checker_eval(model, tok, names, c.eval_n) if names else {}
+        return checker_eval(export(model), tok, names, c.eval_n) if names else {}
 
     start = evaluate(policy, None) if is_main() and not resume else None
     policy, finished = train_loop(
-        c, out, policy, tok, loader, evaluate, "rlhf", resume, stop_at, step_fn=rloo_step
+        c,
+        out,
+        policy,
+        tok,
+        loader,
+        evaluate,
+        "rlhf",
+        resume,
+        stop_at,
+        export=export,
+        step_fn=lambda model, batch: rloo_step(model, batch, c.sft_weight, c.temperature),
     )
     if finished and is_main():
         write_report(out, c, start, time.time() - t0)

@@ -23,6 +23,7 @@ from llmos.data.corpora import CorpusError, is_val
 from llmos.data.shards import EpochOrder
 from llmos.tasks import mixture
 from llmos.tokenizer import Tokenizer
+from llmos.train import lora
 from llmos.train.loop import TrainConfig, check_start, to_device, train_loop
 from llmos.train.lora import add_lora, merged
 
@@ -39,8 +40,8 @@ class SFTConfig(TrainConfig):
     val_fraction: float = arg(
         0.05, "share of the conversations held out for the val loss", lo=0, hi=0.9
     )
-    lora_rank: int = arg(0, "> 0: train LoRA adapters of this rank instead of every weight", lo=0)
-    lora_alpha: float = arg(16.0, "LoRA scale: the update is alpha / rank · B A", lo=0)
+    lora_rank: int = lora.rank_arg()
+    lora_alpha: float = lora.alpha_arg()
     # Fine-tuning defaults (help as in TrainConfig): a shorter run on a pretrained model.
     batch_size: int = 8
     max_steps: int = 300

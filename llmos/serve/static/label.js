@@ -1,10 +1,15 @@
 // The llmos labeling page: a prompt, K answers sampled from the served model (through the
-// OpenAI API, n = K), and a person who picks the best, optionally ranks the rest, marks a tie
-// or "all bad", and may edit an answer into the ideal one (the model drafts, the person
-// fixes). Labels go to the server's SQLite store; export turns them into TRL comparisons.
+// OpenAI API, n = K) and from any other models the server was given (--label-endpoints,
+// through its /api/label/sample proxy), and a person who picks the best, optionally ranks the
+// rest, marks a tie or "all bad", and may edit an answer into the ideal one (the model drafts,
+// the person fixes). Labels go to the server's SQLite store; export turns them into TRL
+// comparisons.
 "use strict";
 
-const state = { prompt: null, answers: [], ranking: [], edited: {}, verdict: null, done: [], model: null };
+const state = {
+  prompt: null, answers: [], models: [], ranking: [], edited: {}, verdict: null, done: [],
+  sources: [],  // [{id, model}]: 0 is the served model, then the endpoints that answered
+};
 
 function status(text, ok = false) {
   $("status").textContent = text || "";
@@ -38,11 +43,30 @@ async function sample() {
   if (!prompt) { status("type a prompt or take the next from the queue"); return; }
   state.prompt = prompt;
   status("sampling…");
-  const r = await api("POST", "/v1/chat/completions", {
-    model: state.model, messages: prompt, n: Number($("k").value),
-    temperature: Number($("temperature").value), max_tokens: 128,
+  // K answers shared out over the models (the first ones get one more when K does not split),
+  // asked in parallel, then shuffled: a model's answers never sit in the same places.
+  const k = Number($("k").value), temperature = Number($("temperature").value);
+  const S = state.sources.length;
+  const asks = state.sources.map((src, i) => {
+    const n = Math.floor(k / S) + (i < k % S ? 1 : 0);
+    if (!n) return Promise.resolve([]);
+    const tag = (texts) => texts.map((text) => ({ text, model: src.model }));
+    if (src.id === 0) {
+      return api("POST", "/v1/chat/completions", {
+        model: src.model, messages: prompt, n, temperature, max_tokens: 128,
+      }).then((r) => tag(r.choices.map((c) => answerText(c.message))));
+    }
+    return api("POST", "/api/label/sample", {
+      source: src.id, messages: prompt, n, temperature, max_tokens: 128,
+    }).then((r) => tag(r.answers));
   });
-  state.answers = r.choices.map((c) => answerText(c.message));
+  const got = (await Promise.all(asks)).flat();
+  for (let i = got.length - 1; i > 0; i--) {  // Fisher–Yates
+    const j = Math.floor(Math.random() * (i + 1));
+    [got[i], got[j]] = [got[j], got[i]];
+  }
+  state.answers = got.map((a) => a.text);
+  state.models = got.map((a) => a.model);
   clearMarks();
   status("");
 }
@@ -93,6 +117,11 @@ function render() {
     const head = document.createElement("div");
     head.className = "head";
     head.textContent = `${i + 1}` + (rank === 0 ? " · best" : rank > 0 ? ` · #${rank + 1}` : "");
+    const who = document.createElement("span");  // blind unless "show models" is ticked
+    who.className = "model";
+    who.textContent = state.models[i] || "";
+    who.hidden = !$("show-models").checked;
+    head.appendChild(who);
     const body = document.createElement("div");
     body.className = "text";
     body.textContent = state.edited[i] ?? text;
@@ -114,13 +143,14 @@ async function submit() {
   if (!state.answers.length) return;
   if (!state.ranking.length && !state.verdict) { status("pick the best (1–8), or mark a tie or all bad"); return; }
   const label = {
-    prompt: state.prompt, answers: state.answers, ranking: state.verdict ? [] : state.ranking,
+    prompt: state.prompt, answers: state.answers, models: state.models,
+    ranking: state.verdict ? [] : state.ranking,
     verdict: state.verdict || "ranked", labeler: $("labeler").value.trim() || "anonymous",
     edited: Object.entries(state.edited).map(([i, text]) => ({ index: Number(i), text })),
   };
   const r = await api("POST", "/api/labels", label);
   state.done.push({ id: r.id, label });
-  state.answers = []; state.prompt = null; $("prompt").value = "";
+  state.answers = []; state.models = []; state.prompt = null; $("prompt").value = "";
   clearMarks();
   status("saved", true);
   await progress();
@@ -131,7 +161,7 @@ async function undo() {
   if (!last) { status("nothing to undo"); return; }
   await api("DELETE", "/api/labels/" + last.id);
   // Back on the page as it was, to label again.
-  state.prompt = last.label.prompt; state.answers = last.label.answers;
+  state.prompt = last.label.prompt; state.answers = last.label.answers; state.models = last.label.models;
   $("prompt").value = state.prompt.at(-1).content;
   state.ranking = last.label.ranking; state.verdict = last.label.verdict === "ranked" ? null : last.label.verdict;
   state.edited = Object.fromEntries(last.label.edited.map((e) => [e.index, e.text]));
@@ -180,6 +210,7 @@ window.addEventListener("DOMContentLoaded", () => {
   $("undo").onclick = guard(undo);
   $("tie").onclick = () => { state.verdict = "tie"; state.ranking = []; render(); };
   $("all-bad").onclick = () => { state.verdict = "all_bad"; state.ranking = []; render(); };
+  $("show-models").onchange = render;
   $("export").onclick = (e) => exportJsonl(e).catch((err) => status(err.message));
   document.addEventListener("keydown", onKey);
   init();
@@ -187,9 +218,11 @@ window.addEventListener("DOMContentLoaded", () => {
 
 async function init() {
   try {
-    const { data } = await api("GET", "/v1/models");
-    state.model = data[0].id;
-    $("model").textContent = state.model;
+    const { sources } = await api("GET", "/api/label/sources");
+    state.sources = sources.filter((s) => s.model);
+    $("model").textContent = state.sources.map((s) => s.model).join(", ");
+    const down = sources.filter((s) => !s.model).map((s) => s.url);
+    if (down.length) { status("not answering: " + down.join(", ")); await progress(); return; }
     await progress();
     status("");
   } catch (e) {
