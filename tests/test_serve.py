@@ -278,10 +278,14 @@ def test_web_chat_leaves_out_old_turns_that_do_not_fit(server):
     events = chat_turn(url, [system, *old, *ask(CONVERSATION[0]["content"])])
     notice = [e for e in events if e["type"] == "notice"]
     assert len(notice) == 1 and "were left out" in notice[0]["message"], events[:3]
-    # The tiny model, trained on one exchange, answers what is left as best it can: a reply.
-    assert [e["message"] for e in events if e["type"] == "message"][-1]["role"] == "assistant", (
-        events[-4:]
-    )
+    # The turn completes: the tiny model (trained on one exchange) answers what is left as best
+    # it can, or, if a tool's result overfills the nearly full context, the turn ends with an
+    # error that says so (the page shows it); nothing else.
+    last = events[-1]
+    if last["type"] == "error":
+        assert "the context is" in last["message"], events[-4:]
+    else:
+        assert last["type"] == "message" and last["message"]["role"] == "assistant", events[-4:]
     too_long = ask("word " * 5000)
     r = httpx.post(url + "/api/chat", json={"messages": too_long}, headers=AUTH)
     assert error_of(r, 400)["code"] == "context_length_exceeded"

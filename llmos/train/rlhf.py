@@ -14,6 +14,12 @@ because it needs no value network (PPO's critic doubles the memory and has its o
 fit) and, being on-policy with one update per batch, no ratio clipping: the samples always come
 from the weights being updated. GRPO (issue 15's `llmos rl`) is the same estimator with the
 group's standard deviation as a scale.
+
+RL can only reinforce what the policy samples. An answer the SFT model gives a log-probability
+of -100 nats (issue 14's "I don't know who X is.") is never sampled, so no reward can teach
+it; `--sft-weight` adds a likelihood term on the prompts' demonstrations (a comparison's
+chosen answer) to the loss, as InstructGPT's PPO-ptx mixes in pretraining text, and
+`--reward none` runs the same without the reward, to measure what the reward itself adds.
 """
 
 from __future__ import annotations
@@ -349,7 +355,9 @@ def write_report(out: Path, c: RLHFConfig, start: dict | None, seconds: float) -
 
 - policy and reference `{c.base}`; reward `{c.reward}`; prompts `{c.prompts}`
 - RLOO with {c.group_size} answers per prompt, {c.batch_size} prompts per step, {c.max_steps}
-  steps, lr {c.lr}, KL β {c.kl_coef}; wall time {seconds / 60:.1f} min
+  steps, lr {c.lr}, KL β {c.kl_coef}, temperature {c.temperature}, likelihood term
+  {c.sft_weight}{f", LoRA rank {c.lora_rank}" if c.lora_rank else ""}; wall time
+  {seconds / 60:.1f} min
 - reward {mean(head, "reward"):.3f} -> {mean(tail, "reward"):.3f} (first and last tenth of the
   steps); KL {mean(tail, "kl"):.2f} nats per answer; length {mean(tail, "length"):.1f} tokens
 
