@@ -189,6 +189,10 @@ def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
         lora_rank=c.sft_lora_rank,
         sft_weight=c.rlhf_sft_weight,
         kl_coef=c.rlhf_kl,
+        # Every task the assistant learned, so a run that trades one away for reward (β 0
+        # cost identity on two seeds of three, unseen by hallucination and knowledge alone) is
+        # flagged as hacking.
+        eval_tasks="hallucination,knowledge,identity,arithmetic",
         eval_n=20,
         eval_every=max(1, c.rlhf_steps // 4),
         seed=c.seed,
