@@ -102,6 +102,8 @@ CASES = [
     ("serve {d}/good --max-batch 0", "--max-batch: 0"),
     ("serve {d}/good --request-timeout 0", "--request-timeout: 0.0"),
     ("serve {d}/good --max-n 0", "--max-n: 0"),
+    ("serve {d}/good --label-endpoints notaurl", "--label-endpoints: 'notaurl' is not"),
+    ("rlhf {d}/good --reward task --temperature 0 --out {d}/o", "--temperature: 0.0"),
     ("chat {d}/good --temperature -1", "--temperature: -1.0"),
     ("chat {d}/good --max-new-tokens 0", "--max-new-tokens: 0"),
     ("tasks arithmetic --n 0", "--n: 0"),

@@ -4,13 +4,13 @@ Routes: GET /v1/models, POST /v1/chat/completions and /v1/completions (streaming
 not), GET /health, the web chat at / with its conversations under /api/conversations. Every
 error has OpenAI's shape, {"error": {"message", "type", "param", "code"}}, so clients report it
 as they would OpenAI's (serve/errors.py). Generation goes through the continuous batcher
-(serve/batcher.py); the web chat's routes are in serve/web.py.
+(serve/batcher.py); OpenAI's request and response shapes are in serve/openai_shapes.py, the
+web chat's routes in serve/web.py and the labeling page's in serve/label.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
@@ -20,22 +20,13 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from llmos import tasks
 from llmos.agent.browser import Site
 from llmos.agent.tools import ToolError, pick_tools
-from llmos.chat_format import (
-    ConversationError,
-    ToolCallError,
-    hermes_tool_calls,
-    parse_tool_call,
-    render,
-)
 from llmos.checkpoint import load_model
 from llmos.common import arg
 from llmos.data.store import Store, default_path
@@ -44,6 +35,15 @@ from llmos.serve.batcher import Batcher, Busy
 from llmos.serve.batcher import Request as Generation
 from llmos.serve.errors import APIError, BearerAuth, add_error_handlers, read_body
 from llmos.serve.label import add_labeling
+from llmos.serve.openai_shapes import (
+    Body,
+    ChatBody,
+    ChoiceState,
+    CompletionBody,
+    chat_prompt,
+    sse,
+    usage_of,
+)
 from llmos.serve.web import add_web_chat
 from llmos.tokenizer import Tokenizer
 
@@ -87,35 +87,6 @@ class ServeConfig:
 
 
 MAX_STOP_CHARS = 256
-
-# -- request bodies --------------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use
-    model: str
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    n: int = Field(1, ge=1)
-    stream: bool = False
-    stream_options: dict | None = None
-    logit_bias: dict[str, float] | None = Field(None, max_length=300)  # OpenAI's limit
-
-
-class ChatBody(_Body):
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
-
-
-class CompletionBody(_Body):
-    prompt: str | list[str] | list[int]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
-
 
 # -- the model -------------------------------------------------------------------------------
 
@@ -163,7 +134,7 @@ class Served:
             self.call_open, self.call_close = sp["<|tool_call|>"], sp["<|/tool_call|>"]
             self.stop_ids |= {sp["<|end|>"], self.call_close}
 
-    def check(self, body: _Body) -> None:
+    def check(self, body: Body) -> None:
         if body.model not in (self.name, str(self.dir)):
             raise APIError(
                 404,
@@ -174,7 +145,7 @@ class Served:
         if body.n > self.c.max_n:
             raise APIError(400, f"n is {body.n}; at most {self.c.max_n} here.", param="n")
 
-    def sampling(self, body: _Body, prompt_len: int, max_tokens: int | None) -> SamplingConfig:
+    def sampling(self, body: Body, prompt_len: int, max_tokens: int | None) -> SamplingConfig:
         if prompt_len > self.max_prompt:
             raise APIError(
                 400,
@@ -206,7 +177,7 @@ class Served:
             stop=stop,
         )
 
-    def logit_bias(self, body: _Body) -> dict[int, float]:
+    def logit_bias(self, body: Body) -> dict[int, float]:
         """OpenAI's logit_bias: token id -> a bias in [-100, 100] added to its logit."""
         out = {}
         for k, v in (body.logit_bias or {}).items():
@@ -247,129 +218,6 @@ class Served:
                 429, f"The server is busy ({e}); retry shortly.", code="rate_limit_exceeded"
             ) from None
         return q, gens
-
-
-# -- chat ------------------------------------------------------------------------------------
-
-
-def _text_content(m: dict, i: int) -> dict:
-    """OpenAI allows content as a list of parts; the text parts are joined."""
-    content = m.get("content")
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise APIError(
-                    400,
-                    f"messages[{i}]: content part '{kind}' is not supported by this model",
-                    param=f"messages.{i}.content",
-                )
-            texts.append(str(part.get("text", "")))
-        m = {**m, "content": "".join(texts)}
-    return m
-
-
-def chat_prompt(served: Served, body: ChatBody) -> tuple[list[int], str, list[int]]:
-    """(prompt ids, the forced start of a tool call, token ids to ban) for a chat request.
-
-    tool_choice "required" or a named function is met by starting the assistant's reply with
-    the call token (and the function's name): the model writes the rest."""
-    messages = [_text_content(m, i) for i, m in enumerate(body.messages)]
-    try:
-        ids, _ = render(served.tok, messages, add_generation_prompt=True, tools=body.tools)
-    except ConversationError as e:
-        raise APIError(400, str(e), param="messages") from None
-    choice = body.tool_choice or ("auto" if body.tools else "none")
-    if served.call_open is None:
-        return ids, "", []
-    if choice == "none":
-        return ids, "", [served.call_open]
-    forced = ""
-    if choice == "required":
-        ids = ids + [served.call_open]
-    elif isinstance(choice, dict):
-        fn = choice.get("function")
-        name = fn.get("name") if isinstance(fn, dict) else None
-        if not isinstance(name, str):
-            raise APIError(400, "tool_choice needs function.name", param="tool_choice")
-        forced = '{"name": ' + json.dumps(name) + ', "arguments": '
-        ids = ids + [served.call_open] + served.tok.encode(forced)
-    return ids, forced, []
-
-
-def openai_call(call: dict, index: int) -> dict:
-    """A parsed call ({"name", "arguments"}) in OpenAI's shape: arguments as a JSON string."""
-    fn = {"name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}
-    return {
-        "index": index,
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": fn,
-    }
-
-
-class ChoiceState:
-    """One choice's output as events arrive: content, and the tool call after <|tool_call|>."""
-
-    def __init__(self, served: Served, forced_call: str, forced: bool):
-        self.served, self.content, self.finish = served, "", None
-        self.in_call, self.call_text, self.tokens = forced, forced_call, 0
-
-    def add(self, token: int | None, text: str) -> str:
-        """Take one event; return the new content (not the call) to show."""
-        if token is not None:
-            self.tokens += 1
-        if token is not None and token == self.served.call_open:
-            self.in_call = True
-            return ""
-        if self.in_call:
-            if token is not None and token not in self.served.hidden:
-                self.call_text += self.served.tok.decode([token])
-            return ""
-        self.content += text
-        return text
-
-    def tool_calls(self) -> list[dict]:
-        if self.in_call:
-            try:
-                return [openai_call(parse_tool_call(self.call_text), 0)]
-            except ToolCallError:
-                return []
-        if self.served.call_open is None:  # a model with its own template: Hermes-style tags
-            return [openai_call(c, k) for k, c in enumerate(hermes_tool_calls(self.content)[0])]
-        return []
-
-    def unparsed_call(self) -> str:
-        """The text of a call that does not parse: sent as content, so the client sees what
-        the model wrote instead of an empty reply."""
-        return self.call_text if self.in_call and not self.tool_calls() else ""
-
-    def finish_reason(self, reason: str) -> str:
-        return "tool_calls" if reason == "stop" and self.tool_calls() else reason
-
-    def message(self) -> dict:
-        calls = self.tool_calls()
-        content = self.content + self.unparsed_call()
-        if calls and self.served.call_open is None:
-            content = hermes_tool_calls(content)[1]
-        msg: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
-        if calls:
-            msg["tool_calls"] = calls
-        return msg
-
-
-def _usage(prompt_tokens: int, choices) -> dict:
-    completion = sum(c.tokens for c in choices)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-    }
-
-
-def _sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
 async def _events(request: Request, q: asyncio.Queue, gens: list[Generation]):
@@ -478,12 +326,12 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
                 **head,
                 "object": "chat.completion",
                 "choices": choices,
-                "usage": _usage(len(prompt), states),
+                "usage": usage_of(len(prompt), states),
             }
 
         def chunk(i, delta, finish=None):
             choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
+            return sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
 
         async def stream():
             for i in range(len(gens)):
@@ -500,8 +348,8 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
                         yield chunk(i, {"tool_calls": calls})
                     yield chunk(i, {}, states[i].finish_reason(finish))
             if (body.stream_options or {}).get("include_usage"):
-                usage = _usage(len(prompt), states)
-                yield _sse(
+                usage = usage_of(len(prompt), states)
+                yield sse(
                     {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
                 )
             yield "data: [DONE]\n\n"
@@ -550,9 +398,9 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
                 counts[i] += t is not None
                 if text or finish:
                     choice = {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-                    yield _sse({**head, "choices": [choice]})
+                    yield sse({**head, "choices": [choice]})
             if (body.stream_options or {}).get("include_usage"):
-                yield _sse({**head, "choices": [], "usage": usage()})
+                yield sse({**head, "choices": [], "usage": usage()})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")

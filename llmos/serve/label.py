@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from llmos.chat_format import ConversationError, check_conversation
+from llmos.common import LlmosError
 from llmos.data.store import Store, label_comparisons
 from llmos.serve.errors import APIError, read_body
 from llmos.serve.web import CSP
@@ -64,6 +65,8 @@ class Endpoint:
         import openai
 
         self.url, _, self.model = spec.partition("#")
+        if not self.url.startswith(("http://", "https://")):
+            raise LlmosError(f"--label-endpoints: {spec!r} is not an http(s) URL[#MODEL]")
         key = os.environ.get("OPENAI_API_KEY") or "none"  # local servers need none
         self.openai = openai
         self.client = openai.AsyncOpenAI(

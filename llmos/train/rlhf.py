@@ -138,6 +138,18 @@ def token_logps(
     return logp.view(ids.shape)
 
 
+def padded(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, mask) rows as right-padded ids (B, T) and next-token targets: the token to
+    predict where the mask marks it as one to learn (the answer), else -1."""
+    ids = torch.full((len(rows), max(len(r) for r, _ in rows)), pad)
+    targets = torch.full_like(ids, -1)
+    for i, (row, mask) in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        learn = torch.tensor(row[1:], dtype=torch.long)
+        targets[i, : len(row) - 1] = learn.masked_fill(torch.tensor(mask[1:]) == 0, -1)
+    return ids, targets
+
+
 class RolloutLoader:
     """Each next() samples a batch of answers from the current policy and scores them: the
     on-policy data of one RLHF step. The state is the position in the shuffled prompts (the
@@ -176,14 +188,11 @@ class RolloutLoader:
         )
         done = engine.generate(prompts, s, stop_ids=self.stop_ids, n=K)
         self.policy.train()
-        rows = [prompts[i // K] + d.ids for i, d in enumerate(done)]
-        T = max(map(len, rows))
-        ids = torch.full((len(rows), T), self.pad)
-        targets = torch.full((len(rows), T), -1)
-        for i, row in enumerate(rows):
-            start = len(prompts[i // K])
-            ids[i, : len(row)] = torch.tensor(row)
-            targets[i, start - 1 : len(row) - 1] = torch.tensor(row[start:])
+        rows = [
+            (prompts[i // K] + d.ids, [0] * len(prompts[i // K]) + [1] * len(d.ids))
+            for i, d in enumerate(done)
+        ]
+        ids, targets = padded(rows, self.pad)
         # What the policy wrote, as a message: a tool call stays a call (scored as rendered
         # with its special tokens, as the reward model learned it), not loose JSON text.
         answers = [assistant_message(self.tok, d.ids) for d in done]
@@ -212,14 +221,7 @@ class RolloutLoader:
 
     def demonstrations(self, recs: list[dict]) -> dict:
         """The batch's demonstrations as rows to learn (their assistant tokens)."""
-        rows = [render(self.tok, tasks.demonstration(r)) for r in recs]
-        T = max(len(ids) for ids, _ in rows)
-        ids = torch.full((len(rows), T), self.pad)
-        targets = torch.full((len(rows), T), -1)
-        for i, (row, mask) in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            learn = torch.tensor(row[1:]).masked_fill(torch.tensor(mask[1:]) == 0, -1)
-            targets[i, : len(row) - 1] = learn
+        ids, targets = padded([render(self.tok, tasks.demonstration(r)) for r in recs], self.pad)
         return {"demo_ids": ids, "demo_targets": targets}
 
 
