@@ -1,13 +1,14 @@
 """OpenAI's shapes, in and out: the request bodies of /v1/chat/completions and /v1/completions,
 the prompt a chat request renders to (tool_choice included), and the choices, tool calls, usage
-and server-sent events that go back. The model and the routes are in serve/api.py.
+and server-sent events that go back. The model and the routes are in serve/api.py; `served`
+below is its `Served` (not imported: api.py imports this module).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,9 +20,6 @@ from llmos.chat_format import (
     render,
 )
 from llmos.serve.errors import APIError
-
-if TYPE_CHECKING:  # only for annotations: api.py imports this module
-    from llmos.serve.api import Served
 
 # -- request bodies --------------------------------------------------------------------------
 
@@ -75,7 +73,7 @@ def text_content(m: dict, i: int) -> dict:
     return m
 
 
-def chat_prompt(served: Served, body: ChatBody) -> tuple[list[int], str, list[int]]:
+def chat_prompt(served, body: ChatBody) -> tuple[list[int], str, list[int]]:
     """(prompt ids, the forced start of a tool call, token ids to ban) for a chat request.
 
     tool_choice "required" or a named function is met by starting the assistant's reply with
@@ -117,7 +115,7 @@ def openai_call(call: dict, index: int) -> dict:
 class ChoiceState:
     """One choice's output as events arrive: content, and the tool call after <|tool_call|>."""
 
-    def __init__(self, served: Served, forced_call: str, forced: bool):
+    def __init__(self, served, forced_call: str, forced: bool):
         self.served, self.content, self.finish = served, "", None
         self.in_call, self.call_text, self.tokens = forced, forced_call, 0
 
