@@ -19,7 +19,10 @@ from llmos.common import LlmosError
 # "arguments": {...}}<|/tool_call|><|end|><|tool|>result<|end|><|assistant|>...<|end|>
 #
 # The model is trained on what follows <|assistant|>: its text, its tool calls and the <|end|>
-# that closes its turn (so it learns to stop); never on system, user or tool text.
+# that closes its turn (so it learns to stop); never on system, user or tool text. An
+# assistant message's `reasoning_content` (the field DeepSeek's and vLLM's APIs use for a
+# model's thinking) comes first, between <|think|> and <|/think|>: a worked solution the model
+# writes before its answer, learned like the rest of the turn and kept apart from `content`.
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -74,10 +77,13 @@ def assistant_message(tok, ids: list[int]) -> dict:
     parse stays text). What a reward model must score: rendering the message again writes the
     call with its special tokens, as the comparisons it learned from did."""
     sp = tok.special_ids
+    reasoning, ids = split_reasoning(tok, ids)
     specials = set(sp.values())
     start, close = sp.get("<|tool_call|>"), sp.get("<|/tool_call|>")
     k = ids.index(start) if start in ids else len(ids)
     msg = {"role": "assistant", "content": tok.decode(i for i in ids[:k] if i not in specials)}
+    if reasoning is not None:
+        msg["reasoning_content"] = reasoning
     if start in ids and close in ids[k:]:
         raw = tok.decode(ids[k + 1 : ids.index(close, k)])
         try:
@@ -88,6 +94,17 @@ def assistant_message(tok, ids: list[int]) -> dict:
         fn = {"name": call["name"], "arguments": json.dumps(call["arguments"])}
         msg["tool_calls"] = [{"id": "call_0", "type": "function", "function": fn}]
     return msg
+
+
+def split_reasoning(tok, ids: list[int]) -> tuple[str | None, list[int]]:
+    """(the reasoning between <|think|> and <|/think|>, or None; the ids after it). Reasoning
+    cut off before <|/think|> is all reasoning: the answer never started."""
+    think, done = tok.special_ids.get("<|think|>"), tok.special_ids.get("<|/think|>")
+    if think is None or not ids or ids[0] != think:
+        return None, list(ids)
+    end = ids.index(done) if done in ids else len(ids)
+    specials = set(tok.special_ids.values())  # e.g. the <|end|> of a turn cut short
+    return tok.decode(i for i in ids[1:end] if i not in specials), list(ids[end + 1 :])
 
 
 def hermes_tool_calls(text: str) -> tuple[list[dict], str]:
@@ -112,9 +129,9 @@ def check_conversation(messages, where: str = "conversation") -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise ConversationError(f"{where}: message {i} needs a role in {ROLES}")
-        content = m.get("content")
-        if content is not None and not isinstance(content, str):
-            raise ConversationError(f"{where}: message {i} 'content' must be a string")
+        for field in ("content", "reasoning_content"):
+            if m.get(field) is not None and not isinstance(m[field], str):
+                raise ConversationError(f"{where}: message {i} '{field}' must be a string")
         if m.get("tool_calls") and m["role"] != "assistant":
             raise ConversationError(f"{where}: message {i}: only assistants make tool calls")
         for call in m.get("tool_calls") or []:
@@ -145,6 +162,8 @@ def render(
     for m in messages:
         add([sp[f"<|{m['role']}|>"]], 0)
         learn = int(m["role"] == "assistant")
+        if m.get("reasoning_content") and learn:
+            add([sp["<|think|>"], *tok.encode(m["reasoning_content"]), sp["<|/think|>"]], 1)
         add(tok.encode(m.get("content") or ""), learn)
         for call in m.get("tool_calls") or []:
             add(
@@ -162,6 +181,8 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for m in messages %}"
     "{{ '<|' + m['role'] + '|>' }}"
+    "{% if m['role'] == 'assistant' and m.get('reasoning_content') %}"
+    "{{ '<|think|>' + m['reasoning_content'] + '<|/think|>' }}{% endif %}"
     "{% if m['content'] %}{{ m['content'] }}{% endif %}"
     "{% for call in m.get('tool_calls') or [] %}"
     "{% set fn = call['function'] if call['function'] is defined else call %}"

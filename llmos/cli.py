@@ -32,14 +32,18 @@ from llmos.data.shards import TokenizeConfig, TokenizerTrainConfig, tokenize, tr
 from llmos.eval.compress import CompressConfig, compress
 from llmos.infer.engine import SampleConfig, sample
 from llmos.prefs import PrefsConfig, prefs_command
+from llmos.selfplay import SelfplayConfig, selfplay
 from llmos.serve.api import ServeConfig, serve
 from llmos.speedrun import SpeedrunConfig, speedrun
 from llmos.tasks import TasksConfig, write_tasks
+from llmos.think import ThinkConfig, think
 from llmos.train.dpo import DPOConfig, dpo
 from llmos.train.pretrain import PretrainConfig, pretrain
 from llmos.train.reward import RMConfig, ScoreConfig, score_command, train_reward_model
+from llmos.train.rl import RLConfig, rl
 from llmos.train.rlhf import RLHFConfig, rlhf
 from llmos.train.sft import SFTConfig, sft
+from llmos.train.star import StarConfig, star
 
 
 @dataclass
@@ -84,7 +88,33 @@ VERBS = {
     "rlhf": Verb(
         "improve a model against a reward model (RLOO, KL penalty)", RLHFConfig, rlhf, "", True
     ),
+    "rl": Verb(
+        "improve a model against a task's checker by GRPO (verifiable rewards)",
+        RLConfig,
+        rl,
+        "",
+        True,
+    ),
+    "star": Verb(
+        "STaR: sample, keep what the checker accepts, fine-tune, repeat",
+        StarConfig,
+        star,
+        "runs/star",
+    ),
+    "selfplay": Verb(
+        "the AlphaGo experiment: imitate a weak teacher, then learn past it by RL (a report card)",
+        SelfplayConfig,
+        selfplay,
+        "runs/selfplay",
+    ),
     "tasks": Verb("write a task's conversations as JSONL", TasksConfig, write_tasks),
+    "think": Verb(
+        "test-time compute: accuracy against tokens for greedy, voting, best-of-N and beam "
+        "search; a plot and report in --out/<time>",
+        ThinkConfig,
+        think,
+        "runs/think",
+    ),
     "chat": Verb("chat with a model in the terminal", ChatConfig, chat),
     "agent": Verb(
         "run a task to a final answer with tools; a trace and report in --out/<time>",

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -159,6 +160,17 @@ def hash_fraction(key: str) -> float:
     """A stable number in [0, 1) for a string. Splits by `hash_fraction(id) < fraction` never
     change when other items come or go, unlike a shuffled split."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k/n (right near 0 and 1, unlike the
+    normal approximation)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def fetch_package(package: str, version: str) -> Path:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from llmos.common import atomic_write, atomic_write_text
+from llmos.common import atomic_write, atomic_write_text, write_json
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -52,3 +53,20 @@ def plot_curves(run_dir: str | Path, keys: list[str], out_name: str = "loss.png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
+
+
+def run_stage(out: Path, run) -> float | None:
+    """Run a training stage unless it finished before; resume it if it was interrupted. The
+    seconds it took (kept in the stage's `stage_time.json`, so a rerun that skips it still
+    reports it), or None if it was stopped (Ctrl-C) before finishing."""
+    took = out / "stage_time.json"
+    if (out / "report.md").exists():
+        print(f"{out}: finished before, skipped")
+        return json.loads(took.read_text())["seconds"] if took.exists() else 0.0
+    t = time.time()
+    run(resume=(out / "train_state.pt").exists())
+    if not (out / "report.md").exists():
+        print(f"{out}: stopped; run the same command again to continue")
+        return None
+    write_json(took, {"seconds": time.time() - t})
+    return time.time() - t

@@ -20,13 +20,13 @@ from tqdm import tqdm
 
 from llmos import tasks
 from llmos.checkpoint import load_model
-from llmos.common import arg, atomic_write_text, write_json
+from llmos.common import arg, atomic_write_text, wilson, write_json
 from llmos.config import PRESETS
 from llmos.data.encyclopedia import encyclopedia
 from llmos.eval.tasks import evaluate
 from llmos.infer.engine import Engine
 from llmos.prefs import PrefsConfig, generate_preferences
-from llmos.runs import read_metrics
+from llmos.runs import read_metrics, run_stage
 from llmos.tasks import hallucination
 from llmos.tokenizer import Tokenizer
 from llmos.train.dpo import DPOConfig, dpo
@@ -76,23 +76,6 @@ class SpeedrunConfig:
     seed: int = arg(0, "seed of every stage")
 
 
-def _stage(out: Path, run) -> float | None:
-    """Run a training stage unless it finished before; resume it if it was interrupted. The
-    seconds it took (kept in the stage's `stage_time.json`, so a rerun that skips it still
-    reports it), or None if it was stopped (Ctrl-C) before finishing."""
-    took = out / "stage_time.json"
-    if (out / "report.md").exists():
-        print(f"{out}: finished before, skipped")
-        return json.loads(took.read_text())["seconds"] if took.exists() else 0.0
-    t = time.time()
-    run(resume=(out / "train_state.pt").exists())
-    if not (out / "report.md").exists():
-        print(f"{out}: stopped; run the same command again to continue")
-        return None
-    write_json(took, {"seconds": time.time() - t})
-    return time.time() - t
-
-
 def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
     """Pretrain, fine-tune, evaluate, report; a stage stopped by Ctrl-C ends the run there
     (the next stage must not start from a half-trained model)."""
@@ -107,7 +90,7 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
         seed=c.seed,
         checkpoint_every=100,
     )
-    times["pretrain"] = _stage(out / "base", lambda resume: pretrain(pc, out / "base", resume))
+    times["pretrain"] = run_stage(out / "base", lambda resume: pretrain(pc, out / "base", resume))
     if times["pretrain"] is None:
         return out
     sc = SFTConfig(
@@ -119,7 +102,7 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
         seed=c.seed,
         checkpoint_every=100,
     )
-    times["fine-tune"] = _stage(
+    times["fine-tune"] = run_stage(
         out / "assistant", lambda resume: sft(sc, out / "assistant", resume)
     )
     if times["fine-tune"] is None:
@@ -214,21 +197,10 @@ def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
         ),
     ]
     for label, name, run in stages:
-        times[label] = _stage(out / name, run)
+        times[label] = run_stage(out / name, run)
         if times[label] is None:
             return False
     return True
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion k/n (right near 0 and 1, unlike the
-    normal approximation)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def _rate(examples: list[dict], hit) -> str:

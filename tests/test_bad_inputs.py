@@ -108,7 +108,7 @@ CASES = [
     ("chat {d}/good --max-new-tokens 0", "--max-new-tokens: 0"),
     ("tasks arithmetic --n 0", "--n: 0"),
     ("tasks arithmetic --split bogus", "invalid choice: 'bogus'"),
-    ("tasks nosuchtask", "invalid choice: 'nosuchtask'"),
+    ("tasks nosuchtask --out {d}/t.jsonl", "no task 'nosuchtask'"),
     ("tokenizer train --vocab-size 10", "--vocab-size: 10"),
     ("speedrun --pretrain-steps 0", "--pretrain-steps: 0"),
     ("speedrun --sft-lr -1", "--sft-lr: -1.0"),
@@ -168,6 +168,12 @@ CASES = [
     ("pretrain --preset nosuch --out {d}/p", "nosuch"),
     ("pretrain --resume --out {d}/nothing", "nothing to resume"),
     ("tasks identity --out /proc/no/x.jsonl", "/proc/no"),
+    ("tasks gym:nosuch --out {d}/t.jsonl", "reasoning-gym has no such dataset"),
+    ("think {d}/good --strategy guess --out {d}/t", "--strategy 'guess'"),
+    ("think {d}/good --n 0,4 --out {d}/t", "each N must be 1 ... 256"),
+    ("think {d}/good --task nosuchtask --strategy greedy --out {d}/t", "no task 'nosuchtask'"),
+    ("think {d}/good --task identity --scorer steps --out {d}/t", "has no step checker"),
+    ("rl {d}/good --task nosuchtask --out {d}/r", "no task 'nosuchtask'"),
 ]
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from llmos.chat_format import (
     ToolCallError,
+    assistant_message,
     hermes_tool_calls,
     parse_tool_call,
     render,
@@ -41,6 +42,10 @@ CONVERSATIONS = [
         },
         {"role": "tool", "content": "1024"},
     ],
+    [
+        {"role": "user", "content": "What is 7 + 5 - 3?"},
+        {"role": "assistant", "reasoning_content": "7 + 5 = 12. 12 - 3 = 9.", "content": "9."},
+    ],
 ]
 
 
@@ -68,6 +73,16 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(tok):
             assert m == 0
     not_learned = tok.decode(i for i, m in zip(ids, mask) if not m)
     assert "Be brief." in not_learned and "408<|end|>" in not_learned  # the tool's result
+
+
+def test_reasoning_is_learned_between_think_tokens_and_read_back_apart(tok):
+    ids, mask = render(tok, CONVERSATIONS[3])
+    learned = tok.decode(i for i, m in zip(ids, mask) if m)
+    assert learned == "<|think|>7 + 5 = 12. 12 - 3 = 9.<|/think|>9.<|end|>"
+    answer = ids[ids.index(tok.special_ids["<|assistant|>"]) + 1 :]
+    assert assistant_message(tok, answer) == CONVERSATIONS[3][1]
+    cut = answer[:5]  # cut off mid-reasoning: all of it is reasoning, no answer yet
+    assert assistant_message(tok, cut)["content"] == ""
 
 
 def test_one_parser_reads_every_way_a_call_is_written():

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 
 from llmos.agent.tools import TOOLS, run_tool_call
-from llmos.chat_format import render
+from llmos.chat_format import render, split_reasoning
 from llmos.infer.engine import SamplingConfig
 
 
@@ -59,8 +59,12 @@ def assistant_turn(
                 break
         stopped = bool(should_stop and should_stop())
         if not ids or ids[-1] != call_close or n_calls == max_calls or stopped:
-            text = tok.decode(i for i in ids if i not in specials)
-            new.append({"role": "assistant", "content": text})
+            reasoning, rest = split_reasoning(tok, ids)  # a worked solution before the answer
+            new.append(
+                {"role": "assistant", "content": tok.decode(i for i in rest if i not in specials)}
+            )
+            if reasoning is not None:
+                new[-1]["reasoning_content"] = reasoning
             break
         k = ids.index(call_open) if call_open in ids else len(ids) - 1
         raw = tok.decode(ids[k + 1 : -1])

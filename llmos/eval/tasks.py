@@ -3,17 +3,22 @@ final reply with its task's reward (the same checker RL will use as a verifiable
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from llmos import tasks
 from llmos.agent.loop import assistant_turn
+from llmos.chat_format import assistant_message, render
 from llmos.infer.engine import Engine, SamplingConfig
 
 
 def evaluate(engine: Engine, names: list[str] | None = None, n: int = 50, progress=None) -> dict:
     """{group: {"accuracy", "n", "examples": [{question, reply, tool_calls, correct}]}}, the
     groups in the registry's order, for n held-out questions of each task (greedy)."""
-    s = SamplingConfig(temperature=0, max_new_tokens=64)
     groups: dict[str, list] = {g: [] for g in tasks.GROUPS}  # registry order
     for task in names or list(tasks.CHAT_TASKS):
+        s = SamplingConfig(temperature=0, max_new_tokens=tasks.max_new_tokens(task))
         for rec in tasks.generate(task, n, split="eval"):
             msgs = rec["messages"][:1]
             reply = assistant_turn(engine, msgs, s, max_calls=2)
@@ -21,7 +26,7 @@ def evaluate(engine: Engine, names: list[str] | None = None, n: int = 50, progre
             calls = [m["tool_calls"][0]["function"] for m in reply if m.get("tool_calls")]
             example = {"question": msgs[0]["content"], "reply": text, "tool_calls": calls}
             example["correct"] = tasks.reward(rec, text) == 1.0
-            groups[rec["task"]].append(example)
+            groups.setdefault(rec["task"], []).append(example)
             if progress:
                 progress(task)
     return {
@@ -29,3 +34,50 @@ def evaluate(engine: Engine, names: list[str] | None = None, n: int = 50, progre
         for g, ex in groups.items()
         if ex
     }
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of Chen et al. 2021 from n samples of which c are right: the chance
+    that k drawn without replacement hold at least one right one.
+
+    >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 4), pass_at_k(4, 0, 2)
+    (0.25, 1.0, 0.0)
+    """
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def sampled_accuracy(
+    engine: Engine, task: str, n: int, k: int, temperature: float = 1.0, seed: int = 0
+) -> dict:
+    """pass@1 and pass@k of n held-out questions from k samples each at `temperature`: what RL
+    optimises (a sample's reward), where greedy accuracy is what a user of greedy decoding
+    sees. One chat turn, no tools run (the reasoning tasks need none)."""
+    tok = engine.tok
+    recs = tasks.generate(task, n, split="eval")
+    prompts = [render(tok, r["messages"][:1], add_generation_prompt=True)[0] for r in recs]
+    stops = frozenset({tok.special_ids.get("<|end|>"), tok.eos_id} - {None})
+    s = SamplingConfig(
+        temperature=temperature, max_new_tokens=tasks.max_new_tokens(task), seed=seed
+    )
+    done = engine.generate(prompts, s, stops, n=k)
+    right = [
+        tasks.reward(recs[i // k], assistant_message(tok, d.ids)["content"]) == 1.0
+        for i, d in enumerate(done)
+    ]
+    per_q = [sum(right[i * k : (i + 1) * k]) for i in range(len(recs))]
+    out = {"pass@1": sum(pass_at_k(k, c, 1) for c in per_q) / len(recs)}
+    if k > 1:
+        out[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in per_q) / len(recs)
+    return out
+
+
+@torch.no_grad()
+def heldout(model, tok, task: str, n: int, k: int, temperature: float = 1.0, seed: int = 0) -> dict:
+    """A model's held-out accuracy on a task three ways: greedy by the checker (`val_GROUP`),
+    and pass@1 and pass@k from k samples at `temperature`."""
+    model.eval()
+    engine = Engine(model, tok, dtype="fp32")
+    greedy = {f"val_{g}": r["accuracy"] for g, r in evaluate(engine, [task], n).items()}
+    return greedy | sampled_accuracy(engine, task, n, k, temperature, seed)

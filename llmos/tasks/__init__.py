@@ -19,7 +19,17 @@ from llmos.common import arg, write_jsonl
 from llmos.data.comparisons import check_comparison, read_comparisons
 from llmos.data.corpora import CorpusError, read_conversations, read_jsonl
 from llmos.data.store import Store, default_path
-from llmos.tasks import agent, arithmetic, hallucination, identity, knowledge, spelling
+from llmos.tasks import (
+    agent,
+    arithmetic,
+    chain,
+    countdown,
+    gym,
+    hallucination,
+    identity,
+    knowledge,
+    spelling,
+)
 
 # Tasks answered in one chat turn (the calculator at most): what `evaluate` asks by default.
 CHAT_TASKS = {
@@ -29,24 +39,59 @@ CHAT_TASKS = {
     "knowledge": knowledge,
     "hallucination": hallucination,
 }
-# Every task, for fine-tuning data; the agent's is evaluated by `llmos agent --eval`.
-TASKS = CHAT_TASKS | {"agent": agent}
+# Every task, for fine-tuning data; the agent's is evaluated by `llmos agent --eval`, the
+# reasoning tasks (a worked solution, then the answer) by `llmos think` and `llmos rl`. Besides
+# these, `gym:NAME` is any of reasoning-gym's datasets (tasks/gym.py).
+TASKS = CHAT_TASKS | {"agent": agent, "chain": chain, "countdown": countdown}
 # Comparisons a task makes (TRL's preference records) for reward models and DPO.
 PREFERENCES = {"hallucination": hallucination.preferences}
 # A record's "task" is one of its task's groups (arithmetic-direct, knowledge-reverse, ...).
 GROUPS = {g: mod for mod in TASKS.values() for g in mod.GROUPS}
 
 
+def is_task(name: str) -> bool:
+    return name in TASKS or name.startswith("gym:")
+
+
 def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dict]:
     """n records of a task from the train or the eval part of its space."""
+    if task.startswith("gym:"):
+        return gym.generate(task[4:], n, seed, split)
     if task not in TASKS:
-        raise CorpusError(f"no task {task!r}; tasks: {', '.join(TASKS)}")
+        raise CorpusError(f"no task {task!r}; tasks: {', '.join(TASKS)}, gym:NAME")
     return TASKS[task].generate(n, seed, split)
+
+
+def max_new_tokens(task: str) -> int:
+    """The answer budget of a task's evaluation: 64 tokens, more for worked solutions."""
+    return 512 if task.startswith("gym:") else getattr(TASKS.get(task), "MAX_NEW_TOKENS", 64)
+
+
+def final_answer(record: dict, reply: str) -> str:
+    """The answer a reply gives, to compare replies (a vote): the last number for tasks that
+    check it, else the reply stripped and lower-cased.
+
+    >>> final_answer({"task": "chain"}, "The answer is 17.")
+    '17'
+    """
+    read = getattr(GROUPS.get(record.get("task")), "final_answer", None)
+    return read(reply) if read else reply.strip().lower()
+
+
+def steps_valid(record: dict, reasoning: str) -> bool:
+    """A task's process verifier: whether every finished step of a (partial) worked solution
+    is right. Tasks without one raise CorpusError."""
+    check = getattr(GROUPS.get(record.get("task")), "steps_valid", None)
+    if check is None:
+        raise CorpusError(f"task {record.get('task')!r} has no step checker (chain, countdown do)")
+    return check(record, reasoning)
 
 
 def reward(record: dict, reply: str) -> float:
     """How right a final reply is, by the checker of the task that made the record."""
     group = record.get("task")
+    if isinstance(group, str) and group.startswith("gym:"):
+        return gym.reward(record, reply)
     if group not in GROUPS:
         raise CorpusError(f"a record of task {group!r} has no checker; tasks: {', '.join(GROUPS)}")
     return GROUPS[group].reward(record, reply)
@@ -90,7 +135,7 @@ def mixture(spec: str, task_size: int, seed: int, kind: str = "conversations") -
     read = read_comparisons if kind == "comparisons" else read_conversations
     out = []
     for name, weight in parts(spec):
-        if name in tasks:
+        if name in tasks or (kind == "conversations" and is_task(name)):
             out += make(name, int(task_size * weight))
         elif name.startswith("store:"):
             out += from_store(name, kind) * max(1, round(weight))
@@ -133,7 +178,7 @@ def prompts(spec: str, task_size: int, seed: int) -> list[dict]:
     preference task's comparisons) and JSONL files of {prompt} or {messages}."""
     out = []
     for name, weight in parts(spec):
-        if name in TASKS:
+        if is_task(name):
             recs = generate(name, int(task_size * weight), seed)
             out += [{**r, "prompt": r["messages"][:1]} for r in recs]
             continue
@@ -165,7 +210,9 @@ def demonstration(rec: dict) -> list[dict]:
 
 @dataclass
 class TasksConfig:
-    task: str = arg("", "the task", positional=True, choices=list(TASKS))
+    task: str = arg(
+        "", f"the task: {', '.join(TASKS)} or gym:NAME (reasoning-gym)", positional=True
+    )
     n: int = arg(100, "conversations to write", lo=1)
     seed: int = arg(0, "seed of the generator")
     split: str = arg(

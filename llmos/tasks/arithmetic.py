@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from llmos.tasks.base import last_number_is, record, sample
+from llmos.tasks.base import last_number, last_number_is, record, sample
 
 GROUPS = ["arithmetic-direct", "arithmetic-tool"]
 
@@ -40,6 +40,10 @@ def one(r: random.Random) -> dict:
 
 def generate(n: int, seed: int = 0, split: str = "train") -> list[dict]:
     return sample(one, "arithmetic", n, seed, split)
+
+
+def final_answer(reply: str) -> str:
+    return last_number(reply)
 
 
 def reward(rec: dict, reply: str) -> float:

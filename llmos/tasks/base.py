@@ -48,6 +48,16 @@ def sample(
     return out
 
 
+def last_number(reply: str) -> str:
+    """The reply's last number ("" if none): what a reply to a sum answers.
+
+    >>> last_number("9 - 0 = -1."), last_number("no idea")
+    ('-1', '')
+    """
+    numbers = re.findall(r"-?\d+", reply.replace(",", ""))
+    return numbers[-1] if numbers else ""
+
+
 def last_number_is(reply: str, want: str) -> float:
     """1.0 if the reply's last number is `want` (so echoing the question's numbers does not
     count: "9 - 0 = -1." answers -1, not 9).
@@ -55,8 +65,7 @@ def last_number_is(reply: str, want: str) -> float:
     >>> last_number_is("12 * 34 = 408.", "408"), last_number_is("408 is not it: 407", "408")
     (1.0, 0.0)
     """
-    numbers = re.findall(r"-?\d+", reply.replace(",", ""))
-    return float(bool(numbers) and numbers[-1] == want)
+    return float(last_number(reply) == want != "")
 
 
 def contains(reply: str, want: str) -> float:

@@ -155,9 +155,30 @@ class RolloutLoader:
     on-policy data of one RLHF step. The state is the position in the shuffled prompts (the
     sampler's RNG is torch's, saved with the training state)."""
 
-    def __init__(self, c: RLHFConfig, policy, reference, tok, recs, score, rank=0, world=1):
+    def __init__(
+        self,
+        c,
+        policy,
+        reference,
+        tok,
+        recs,
+        score,
+        rank=0,
+        world=1,
+        advantages=None,
+        kl_in_reward: bool = True,
+        updates_per_batch: int = 1,
+    ):
+        """`c`: an RLHFConfig or RLConfig (the fields they share). `advantages(returns, k)`:
+        RLOO's by default, GRPO's for `llmos rl`. `kl_in_reward`: subtract the KL penalty
+        from the return (RLHF) or leave it to the loss (GRPO). `updates_per_batch`: optimizer
+        steps on each batch of rollouts (GRPO's μ); after the first the policy has moved, the
+        samples are off-policy, and the loss's clipped ratio keeps the step small."""
         self.c, self.policy, self.reference, self.tok = c, policy, reference, tok
         self.recs, self.score = recs, score
+        self.advantages = advantages or rloo_advantages
+        self.kl_in_reward, self.updates = kl_in_reward, updates_per_batch
+        self.batch, self.used = None, 0
         self.order = EpochOrder(len(recs), c.seed, rank, world)
         self.prompts_per_rank = c.batch_size // world
         end = tok.special_ids.get("<|end|>", tok.eos_id)
@@ -170,8 +191,14 @@ class RolloutLoader:
     def load_state(self, state: dict) -> None:
         self.order.load_state(state)
 
-    @torch.no_grad()
     def next(self) -> dict:
+        if self.batch is None or self.used == self.updates:
+            self.batch, self.used = self.rollouts(), 0
+        self.used += 1
+        return self.batch
+
+    @torch.no_grad()
+    def rollouts(self) -> dict:
         c, K = self.c, self.c.group_size
         recs = [self.recs[self.order.next()] for _ in range(self.prompts_per_rank)]
         prompts = [render(self.tok, r["prompt"], add_generation_prompt=True)[0] for r in recs]
@@ -198,21 +225,23 @@ class RolloutLoader:
         answers = [assistant_message(self.tok, d.ids) for d in done]
         score = self.score([recs[i // K] for i in range(len(done))], answers)
         # The KL penalty: log pi - log pi_ref of each sampled token, summed over the answer
-        # (a sample of KL(pi || pi_ref), the "k1" estimator).
+        # (a sample of KL(pi || pi_ref), the "k1" estimator). The policy's log-probs at
+        # sampling time are also the "old" ones of the clipped ratio.
         T = c.temperature
-        kl = token_logps(self.policy, ids, targets, T) - token_logps(
-            self.reference, ids, targets, T
-        )
-        kl = kl.sum(-1)
+        old_logp = token_logps(self.policy, ids, targets, T)
+        ref_logp = token_logps(self.reference, ids, targets, T) if self.reference else old_logp
+        kl = (old_logp - ref_logp).sum(-1)
         unfinished = torch.tensor([d.finish_reason == "length" for d in done], dtype=torch.float)
         score = score - c.missing_eos_penalty * unfinished
-        ret = score - c.kl_coef * kl
+        ret = score - c.kl_coef * kl if self.kl_in_reward else score
         lengths = torch.tensor([len(d.ids) for d in done], dtype=torch.float)
-        demos = self.demonstrations(recs) if c.sft_weight else {}
+        demos = self.demonstrations(recs) if getattr(c, "sft_weight", 0) else {}
         return demos | {
             "ids": ids,
             "targets": targets,
-            "advantage": rloo_advantages(ret, K),
+            "old_logp": old_logp,
+            "ref_logp": ref_logp,
+            "advantage": self.advantages(ret, K),
             "reward": score,
             "return": ret,
             "kl": kl,

@@ -21,6 +21,7 @@ from llmos.checkpoint import load_model
 from llmos.common import arg, atomic_write_text, dist_info, is_main
 from llmos.data.corpora import CorpusError, is_val
 from llmos.data.shards import EpochOrder
+from llmos.eval.tasks import heldout
 from llmos.tasks import mixture
 from llmos.tokenizer import Tokenizer
 from llmos.train import lora
@@ -42,6 +43,13 @@ class SFTConfig(TrainConfig):
     )
     lora_rank: int = lora.rank_arg()
     lora_alpha: float = lora.alpha_arg()
+    eval_task: str = arg(
+        "",
+        "a task whose held-out questions each eval also scores: greedy accuracy, and pass@1 "
+        "and pass@k from --eval-k samples at temperature 1 (curves of what fine-tuning teaches)",
+    )
+    eval_n: int = arg(50, "held-out questions of --eval-task", lo=1)
+    eval_k: int = arg(8, "samples per question of --eval-task for pass@k", lo=1)
     # Fine-tuning defaults (help as in TrainConfig): a shorter run on a pretrained model.
     batch_size: int = 8
     max_steps: int = 300
@@ -154,7 +162,10 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
             x, y, seg = to_device((x, y, seg), dev)
             total += model(x, y, segments=seg, reduction="sum").item()
             n += int((y >= 0).sum())
-        return {"val_loss": total / max(n, 1)}
+        out = {"val_loss": total / max(n, 1)}
+        if c.eval_task and windows is not None:  # periodic evals (the final one is loss only)
+            out |= heldout(export(model), tok, c.eval_task, c.eval_n, c.eval_k, seed=c.seed)
+        return out
 
     export = merged if c.lora_rank > 0 else (lambda m: m)
     if c.lora_rank > 0:
