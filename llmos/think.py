@@ -11,11 +11,13 @@ accuracy against the tokens generated per question, for N = 1 ... 64:
 - `best-of-n`: N samples, the one a scorer ranks highest wins. Scorers: `checker` (the task's
   own, an oracle: this is pass@N, the ceiling any selection can reach), `rm:DIR` (a reward
   model, or a verifier trained on the checker's labels with `llmos prefs generate --judge
-  checker` + `llmos rm train`, as Cobbe et al. 2021 train theirs), `logprob` (the model's
-  own mean token log-probability).
+  checker` + `llmos rm train`, as Cobbe et al. 2021 train theirs), `steps` (the task's
+  rule-based process verifier: every step of the worked solution right; Lightman et al. 2023
+  train one instead), `logprob` (the model's own mean token log-probability).
 - `beam`: tree search over reasoning steps (a step ends at "." or a newline), breadth-first
   with a beam (Tree of Thoughts' BFS, Yao et al. 2023): each of the N beams samples `--expand`
-  next steps, a value (`logprob` or `rm:DIR`) ranks the partial solutions, the N best go on.
+  next steps, a value (`logprob`, `steps` or `rm:DIR`) ranks the partial solutions, the N
+  best go on.
   Finished reasoning is answered greedily and the best-valued answer wins.
 
 vote and best-of-n draw one pool of max(N) samples per question and read every smaller N off
@@ -84,12 +86,6 @@ class ThinkConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Choosing among samples
-
-
-def final_answer(rec: dict, reply: str) -> str:
-    """The part of a reply that votes: its last number for tasks checked that way, else the
-    reply itself, stripped and lower-cased (so "The answer is 17." and "17" agree)."""
-    return tasks.final_answer(rec, reply)
 
 
 def majority(answers: list[str]) -> int:
@@ -251,7 +247,10 @@ def beam_search(
         beams = []
         for score, c in ranked:
             ended = c[-1] in lm.end_ids or c[-1] == close or len(c) >= budget
-            (finished.append((score, list(c))) if ended else beams.append(list(c)))
+            if ended:
+                finished.append((score, list(c)))
+            else:
+                beams.append(list(c))
     best = max(finished, key=lambda x: x[0])[1]
     if best[-1] == close and len(best) < budget:  # the reasoning closed: now the answer
         greedy = SamplingConfig(temperature=0, max_new_tokens=budget - len(best))
@@ -318,7 +317,7 @@ def think(c: ThinkConfig, out: str | Path) -> Path:
         for b in tqdm(batches, desc=f"{ns[-1]} samples"):
             groups = lm.sample([recs[i] for i in b], ns[-1], s)
             for i, pool in zip(b, groups):
-                answers = [final_answer(recs[i], x.message["content"]) for x in pool]
+                answers = [tasks.final_answer(recs[i], x.message["content"]) for x in pool]
                 scores = scorer([recs[i]] * len(pool), pool) if scorer else None
                 for n in ns:
                     used = sum(x.tokens for x in pool[:n])

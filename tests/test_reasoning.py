@@ -13,8 +13,8 @@ from llmos.checkpoint import load_model
 from llmos.common import write_jsonl
 from llmos.data.corpora import read_jsonl
 from llmos.runs import read_metrics
-from llmos.tasks import chain
-from llmos.think import ThinkConfig, best_of, final_answer, majority, think
+from llmos.tasks import chain, final_answer
+from llmos.think import ThinkConfig, best_of, majority, think
 from llmos.tokenizer import Tokenizer
 from llmos.train.rl import RLConfig, grpo_advantages, grpo_step, rl
 from llmos.train.rlhf import RolloutLoader, token_logps
