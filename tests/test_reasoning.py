@@ -133,24 +133,30 @@ def test_an_rl_step_raises_the_logprob_of_a_rewarded_completion(assistant):
     _, model_dir = assistant
     tok = Tokenizer.load(model_dir)
     policy = load_model(model_dir)
-    c = RLConfig(base=str(model_dir), group_size=4, batch_size=2, max_new_tokens=12, lr=1e-3)
+    # Temperature 2: the tiny model, fine-tuned on one conversation, repeats it at temperature 1.
+    c = RLConfig(
+        base=str(model_dir), group_size=4, batch_size=2, max_new_tokens=12, temperature=2.0
+    )
     recs = tasks.prompts("chain", 4, 0)
 
-    def first_wins(recs, answers):
-        return torch.tensor([float(i % 4 == 0) for i in range(len(answers))])
+    def first_wins(recs, answers):  # the group's first answer, and any copy of it, wins
+        return torch.tensor([float(a == answers[i - i % 4]) for i, a in enumerate(answers)])
 
     loader = RolloutLoader(
         c, policy, None, tok, recs, first_wins, advantages=grpo_advantages, kl_in_reward=False
     )
+    torch.manual_seed(0)
     batch = loader.next()
-    assert batch["advantage"].view(-1, 4)[:, 0].min() > 0
-    before = token_logps(policy, batch["ids"], batch["targets"]).sum(-1).detach()
+    # Groups where the winner was sampled once (a copy would share its advantage).
+    once = batch["advantage"].view(-1, 4).gt(0).sum(-1) == 1
+    assert once.any() and (batch["advantage"].view(-1, 4)[once, 0] > 0).all()
+    before = token_logps(policy, batch["ids"], batch["targets"], 2.0).sum(-1).detach()
     opt = torch.optim.SGD(policy.parameters(), lr=2e-3)  # a small step: first order
-    loss, _, _ = grpo_step(policy, batch, c.clip, 0.0)
+    loss, _, _ = grpo_step(policy, batch, c.clip, 0.0, temperature=2.0)
     loss.backward()
     opt.step()
-    after = token_logps(policy, batch["ids"], batch["targets"]).sum(-1).detach()
-    change = (after - before).view(-1, 4)
+    after = token_logps(policy, batch["ids"], batch["targets"], 2.0).sum(-1).detach()
+    change = (after - before).view(-1, 4)[once]
     assert (change[:, 0] > 0).all(), change
     assert (change[:, 1:].mean(-1) < change[:, 0]).all()
 
