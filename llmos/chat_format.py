@@ -107,6 +107,12 @@ def split_reasoning(tok, ids: list[int]) -> tuple[str | None, list[int]]:
     return tok.decode(i for i in ids[1:end] if i not in specials), list(ids[end + 1 :])
 
 
+def turn_end_ids(tok) -> frozenset[int]:
+    """The tokens that end an assistant turn: <|end|> and EOS (a model with a template of its
+    own has only EOS)."""
+    return frozenset({tok.special_ids.get("<|end|>"), tok.eos_id} - {None})
+
+
 def hermes_tool_calls(text: str) -> tuple[list[dict], str]:
     """(the calls parsed from <tool_call>{...}</tool_call> tags, the text without the tags).
     A tag whose JSON does not parse is left in the text."""

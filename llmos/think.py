@@ -36,9 +36,10 @@ import torch
 from tqdm import tqdm
 
 from llmos import tasks
-from llmos.chat_format import assistant_message, render
+from llmos.chat_format import assistant_message, render, turn_end_ids
 from llmos.checkpoint import load_model
 from llmos.common import LlmosError, arg, atomic_write_text, wilson, write_json, write_jsonl
+from llmos.eval.tasks import sample_replies
 from llmos.infer.engine import Engine, SamplingConfig
 from llmos.tokenizer import Tokenizer
 from llmos.train.reward import score_answers
@@ -126,7 +127,7 @@ class LocalModel:
         self.model.eval()
         self.engine = Engine(self.model, self.tok)
         sp = self.tok.special_ids
-        self.end_ids = frozenset({sp.get("<|end|>"), self.tok.eos_id} - {None})
+        self.end_ids = turn_end_ids(self.tok)
         # A reasoning step ends at a token whose text holds "." or a newline, or at the end
         # of the reasoning (or of the turn).
         step = {i for i, b in enumerate(self.tok.id_bytes) if b"." in b or b"\n" in b}
@@ -136,9 +137,8 @@ class LocalModel:
         return render(self.tok, rec["messages"][:1], add_generation_prompt=True)[0]
 
     def sample(self, recs: list[dict], n: int, s: SamplingConfig) -> list[list[Sample]]:
-        done = self.engine.generate([self.prompt(r) for r in recs], s, self.end_ids, n)
-        out = [Sample(assistant_message(self.tok, d.ids), len(d.ids), d.ids) for d in done]
-        return [out[i * n : (i + 1) * n] for i in range(len(recs))]
+        groups = sample_replies(self.engine, recs, n, s)
+        return [[Sample(m, len(ids), ids) for m, ids in g] for g in groups]
 
     @torch.no_grad()
     def mean_logprob(self, prompts: list[list[int]], answers: list[list[int]]) -> list[float]:

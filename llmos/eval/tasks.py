@@ -9,7 +9,7 @@ import torch
 
 from llmos import tasks
 from llmos.agent.loop import assistant_turn
-from llmos.chat_format import assistant_message, render
+from llmos.chat_format import assistant_message, render, turn_end_ids
 from llmos.infer.engine import Engine, SamplingConfig
 
 
@@ -48,25 +48,28 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def sample_replies(engine: Engine, recs: list[dict], n: int, s: SamplingConfig) -> list[list]:
+    """n sampled replies to each record's question, [(assistant message, token ids), ...] per
+    record: one chat turn, no tools run. A question is prefilled once and forked n ways."""
+    tok = engine.tok
+    prompts = [render(tok, r["messages"][:1], add_generation_prompt=True)[0] for r in recs]
+    done = engine.generate(prompts, s, turn_end_ids(tok), n=n)
+    out = [(assistant_message(tok, d.ids), d.ids) for d in done]
+    return [out[i * n : (i + 1) * n] for i in range(len(recs))]
+
+
 def sampled_accuracy(
     engine: Engine, task: str, n: int, k: int, temperature: float = 1.0, seed: int = 0
 ) -> dict:
     """pass@1 and pass@k of n held-out questions from k samples each at `temperature`: what RL
     optimises (a sample's reward), where greedy accuracy is what a user of greedy decoding
     sees. One chat turn, no tools run (the reasoning tasks need none)."""
-    tok = engine.tok
     recs = tasks.generate(task, n, split="eval")
-    prompts = [render(tok, r["messages"][:1], add_generation_prompt=True)[0] for r in recs]
-    stops = frozenset({tok.special_ids.get("<|end|>"), tok.eos_id} - {None})
     s = SamplingConfig(
         temperature=temperature, max_new_tokens=tasks.max_new_tokens(task), seed=seed
     )
-    done = engine.generate(prompts, s, stops, n=k)
-    right = [
-        tasks.reward(recs[i // k], assistant_message(tok, d.ids)["content"]) == 1.0
-        for i, d in enumerate(done)
-    ]
-    per_q = [sum(right[i * k : (i + 1) * k]) for i in range(len(recs))]
+    groups = sample_replies(engine, recs, k, s)
+    per_q = [sum(tasks.reward(r, m["content"]) == 1.0 for m, _ in g) for r, g in zip(recs, groups)]
     out = {"pass@1": sum(pass_at_k(k, c, 1) for c in per_q) / len(recs)}
     if k > 1:
         out[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in per_q) / len(recs)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from llmos import runs, tasks
-from llmos.chat_format import assistant_message, render
+from llmos.chat_format import assistant_message, render, turn_end_ids
 from llmos.checkpoint import load_model
 from llmos.common import LlmosError, arg, atomic_write_text, dist_info, is_main, write_json
 from llmos.data.shards import EpochOrder
@@ -181,8 +181,7 @@ class RolloutLoader:
         self.batch, self.used = None, 0
         self.order = EpochOrder(len(recs), c.seed, rank, world)
         self.prompts_per_rank = c.batch_size // world
-        end = tok.special_ids.get("<|end|>", tok.eos_id)
-        self.stop_ids = frozenset({end, tok.eos_id} - {None})
+        self.stop_ids = turn_end_ids(tok)
         self.pad = tok.special_ids.get("<|pad|>", tok.eos_id)
 
     def state(self) -> dict:

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos import runs, tasks
-from llmos.chat_format import assistant_message, render
 from llmos.checkpoint import load_model
 from llmos.common import arg, atomic_write_text, write_json, write_jsonl
-from llmos.eval.tasks import heldout
+from llmos.eval.tasks import heldout, sample_replies
 from llmos.infer.engine import Engine, SamplingConfig
 from llmos.tokenizer import Tokenizer
 from llmos.train import lora
@@ -68,18 +67,12 @@ def keep_right(recs: list[dict], samples: list[list[dict]]) -> list[dict]:
 def sample_solutions(model_dir, recs: list[dict], c: StarConfig, seed: int) -> list[list[dict]]:
     tok = Tokenizer.load(model_dir)
     engine = Engine(load_model(model_dir), tok)
-    stops = frozenset({tok.special_ids.get("<|end|>"), tok.eos_id} - {None})
     s = SamplingConfig(
         temperature=c.temperature, max_new_tokens=tasks.max_new_tokens(c.task), seed=seed
     )
     out = []
     for i in range(0, len(recs), 16):  # 16 questions x k rows per batch
-        prompts = [
-            render(tok, r["messages"][:1], add_generation_prompt=True)[0] for r in recs[i : i + 16]
-        ]
-        done = engine.generate(prompts, s, stops, n=c.k)
-        msgs = [assistant_message(tok, d.ids) for d in done]
-        out += [msgs[j * c.k : (j + 1) * c.k] for j in range(len(prompts))]
+        out += [[m for m, _ in g] for g in sample_replies(engine, recs[i : i + 16], c.k, s)]
     return out
 
 
