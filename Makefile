@@ -17,7 +17,7 @@ $(BIN)/.base: pyproject.toml
 # The browser test drives Debian's Chromium through Playwright (which downloads no browser); the
 # python tool's sandbox is Debian's bubblewrap running Debian's Python with numpy and matplotlib.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN := chromium bubblewrap python3-numpy python3-matplotlib
+DEBIAN := chromium bubblewrap python3-numpy python3-matplotlib python3.11-doc
 $(BIN)/.test: $(BIN)/.base
 	$(BIN)/pip install -q -e '.[test]'
 	dpkg -s $(DEBIAN) >/dev/null 2>&1 || $(SUDO) apt-get install -y -q $(DEBIAN) >/dev/null \

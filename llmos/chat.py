@@ -18,21 +18,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.agent.loop import assistant_turn
+from llmos.agent.memory import fit_with_memory, memory_tools
+from llmos.agent.profiles import knowledge_tools, load_profile
+from llmos.agent.tools import TOOLS, Guard, pick_tools
 from llmos.chat_format import ConversationError, check_conversation
 from llmos.checkpoint import load_model
 from llmos.common import LlmosError, arg, cache_dir, check_value, write_json
+from llmos.data.store import Store
 from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
 from llmos.tokenizer import Tokenizer
 
 
 @dataclass
 class ChatConfig:
-    model_dir: str = arg("", "the model directory to chat with", positional=True)
+    model_dir: str = arg("", "the model directory to chat with", positional="optional")
     system: str = arg("", "custom instructions (a system message)")
     temperature: float = arg(0.7, "sampling temperature; 0 is greedy", lo=0, hi=100)
     max_new_tokens: int = arg(256, "the longest reply, in tokens", lo=1)
     dtype: str = arg("auto", DTYPE_HELP, choices=["auto", *DTYPES])
     resume: bool = arg(False, "reopen the last conversation (each one is saved as it goes)")
+    profile: str = arg("", "a profile (name or TOML path): instructions, tools, knowledge, model")
+    memory: bool = arg(
+        False,
+        "long-term memory (remember/recall/forget, in the llmos store); turns that outgrow "
+        "the context are paged out to it instead of dropped",
+    )
 
 
 HELP = """commands:
@@ -83,14 +93,32 @@ def load_conversation(path: str | Path) -> list[dict]:
     return messages
 
 
+def confirm_on_terminal(name: str, arguments: dict) -> bool:
+    """The chat's confirmation of a side effect: the person says yes or no."""
+    answer = input(f"\n  allow {name}({json.dumps(arguments)[:300]})? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
 def chat(c: ChatConfig) -> None:
     """The terminal chat: read a message, stream the reply, until /quit or end of input."""
-    tok = Tokenizer.load(c.model_dir)
+    profile = load_profile(c.profile) if c.profile else None
+    model_dir = c.model_dir or (profile.model if profile else "")
+    if not model_dir:
+        raise LlmosError("give a model directory (or a profile with a model)")
+    tok = Tokenizer.load(model_dir)
     if not tok.llmos_format and not tok.chat_template:
-        raise LlmosError(f"{c.model_dir}: no chat template; a base model (try llmos sample)")
-    engine = Engine(load_model(c.model_dir), tok, c.dtype)
-    s = SamplingConfig(temperature=c.temperature, max_new_tokens=c.max_new_tokens)
+        raise LlmosError(f"{model_dir}: no chat template; a base model (try llmos sample)")
+    engine = Engine(load_model(model_dir), tok, c.dtype)
+    temperature = profile.sampling.get("temperature", c.temperature) if profile else c.temperature
+    s = SamplingConfig(temperature=temperature, max_new_tokens=c.max_new_tokens)
     system = c.system
+    store = Store() if c.memory else None
+    extra = memory_tools(store) if store else {}
+    if profile:  # the profile's instructions outrank the user's own custom instructions
+        system = "\n\n".join(x for x in (profile.instructions.strip(), c.system) if x)
+        extra |= knowledge_tools(profile)
+    names = ",".join((profile.tools if profile and profile.tools else list(TOOLS)) + list(extra))
+    tools = pick_tools(names, extra=extra)
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     autosave = history_dir() / time.strftime("%Y%m%d-%H%M%S.json")
     if c.resume:
@@ -100,7 +128,8 @@ def chat(c: ChatConfig) -> None:
         autosave = saved[-1]
         messages = load_conversation(autosave)
         print(f"resumed {autosave} ({len(messages)} messages)")
-    print(f"chatting with {c.model_dir} (/help for commands)")
+    print(f"chatting with {model_dir} (/help for commands; tools: {', '.join(tools)})")
+    budget = engine.model.cfg.max_position_embeddings - c.max_new_tokens
     while True:
         try:
             text = read_message()
@@ -136,7 +165,11 @@ def chat(c: ChatConfig) -> None:
             elif cmd.startswith("/"):
                 print(f"unknown command {cmd}; /help lists them")
             else:
-                messages += reply(engine, messages + [{"role": "user", "content": text}], s)
+                asked = messages + [{"role": "user", "content": text}]
+                shown = asked
+                if store is not None:  # what does not fit goes to memory, not away
+                    shown, _ = fit_with_memory(tok, asked, budget, store, autosave.stem)
+                messages = asked + reply(engine, shown, s, tools)[1:]
             if messages:
                 write_json(autosave, {"messages": messages})  # atomic: Ctrl-C keeps the last
         except (OSError, ValueError, KeyError, TypeError, LlmosError) as e:
@@ -146,8 +179,9 @@ def chat(c: ChatConfig) -> None:
             print()
 
 
-def reply(engine: Engine, messages: list[dict], s: SamplingConfig) -> list[dict]:
-    """The user's message and the reply, streamed (llmos models run their tool calls)."""
+def reply(engine: Engine, messages: list[dict], s: SamplingConfig, tools=None) -> list[dict]:
+    """The user's message and the reply, streamed (llmos models run their tool calls; a side
+    effect asks the person first)."""
     sys.stdout.write("assistant> ")
     stop = threading.Event()
     # Ctrl-C while the reply streams ends the reply at its next token (what was written is
@@ -162,6 +196,8 @@ def reply(engine: Engine, messages: list[dict], s: SamplingConfig) -> list[dict]
             on_message=show_tool_message,
             on_text=lambda p: (sys.stdout.write(p), sys.stdout.flush()),
             should_stop=stop.is_set,
+            tools=tools,
+            guard=Guard.of(messages, confirm_on_terminal),
         )
     finally:
         if main:

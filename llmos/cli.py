@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from llmos.agent.agent import AgentConfig, run_agent
 from llmos.agent.browser import WebConfig, WebDemoConfig, web_demo, web_serve
+from llmos.agent.files import IndexConfig, SearchConfig, index_command, search_command
 from llmos.chat import ChatConfig, chat
 from llmos.common import LlmosError, check_config, check_value, field_meta, set_threads
 from llmos.config import list_presets
@@ -30,7 +31,8 @@ from llmos.convert import (
 )
 from llmos.data.shards import TokenizeConfig, TokenizerTrainConfig, tokenize, train_tokenizer
 from llmos.eval.compress import CompressConfig, compress
-from llmos.infer.engine import SampleConfig, sample
+from llmos.eval.retrieval import RetrievalEvalConfig, retrieval_eval
+from llmos.infer.speculative import SampleConfig, sample
 from llmos.prefs import PrefsConfig, prefs_command
 from llmos.selfplay import SelfplayConfig, selfplay
 from llmos.serve.api import ServeConfig, serve
@@ -121,6 +123,19 @@ VERBS = {
         AgentConfig,
         run_agent,
         "runs/agent",
+    ),
+    "index": Verb(
+        "index a directory of files for retrieval (BM25 + embeddings); re-indexing re-embeds "
+        "only changed files",
+        IndexConfig,
+        index_command,
+    ),
+    "search": Verb("search an index: passages with citations", SearchConfig, search_command),
+    "retrieval-eval": Verb(
+        "recall@k and MRR of BM25, dense and hybrid retrieval on generated questions",
+        RetrievalEvalConfig,
+        retrieval_eval,
+        "runs/retrieval",
     ),
     "web serve": Verb("serve a directory of pages on loopback", WebConfig, web_serve),
     "web demo": Verb(

@@ -193,6 +193,7 @@ def test_the_python_tool_in_a_tool_call():
     from llmos.agent.tools import AGENT_TOOLS, run_tool_call
 
     call = '{"name": "python", "arguments": {"code": "print(sum(range(10)))"}}'
-    assert run_tool_call(call, AGENT_TOOLS)[1].endswith("\n45\n")
+    out = run_tool_call(call, AGENT_TOOLS)[1]
+    assert "\n45\n" in out and out.startswith("[data from python")  # program output is data
     bad = '{"name": "python", "arguments": {"code": 5}}'
     assert "must be a non-empty string" in run_tool_call(bad, AGENT_TOOLS)[1]

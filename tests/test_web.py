@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmos.agent.profiles import Profile, load_profile, save_profile
+from llmos.data.store import Store
 from llmos.serve.api import ServeConfig, create_app
 from llmos.train.sft import SFTConfig, sft
 
@@ -143,8 +145,16 @@ def plotter(base, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plotter")
     data = tmp / "plot.jsonl"
     data.write_text(json.dumps({"messages": PLOT_CONVERSATION}) + "\n")
-    c = SFTConfig(base=str(base), data=f"{data}:1", batch_size=2, max_steps=80, lr=3e-3,
-                  warmup_steps=5, eval_every=80, val_fraction=0.0)  # fmt: skip
+    c = SFTConfig(
+        base=str(base),
+        data=f"{data}:1",
+        batch_size=2,
+        max_steps=80,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=80,
+        val_fraction=0.0,
+    )
     return sft(c, tmp / "out")
 
 
@@ -191,8 +201,9 @@ def labeling(browser, assistant, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("label")
     queue = tmp / "queue.jsonl"
     asks = ["What is 1234 * 5678?", "What is 12 * 34?", "Say something."]
-    queue.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": a}]}) + "\n"
-                             for a in asks))  # fmt: skip
+    queue.write_text(
+        "".join(json.dumps({"prompt": [{"role": "user", "content": a}]}) + "\n" for a in asks)
+    )
     db = tmp / "chats.sqlite"
     c = ServeConfig(api_key=KEY, db=str(db), label_prompts=str(queue))
     url, srv = start_server(create_app(model_dir, c))
@@ -299,8 +310,20 @@ def test_fix_this_answer_keeps_a_correction_to_fine_tune_on(labeling, assistant,
     # ... and `llmos sft --data store:corrections@DB` trains on it.
     _, model_dir = assistant
     data = f"store:corrections@{db}"
-    args = ["sft", str(model_dir), "--data", data, "--max-steps", "2", "--batch-size", "1",
-            "--val-fraction", "0", "--out", str(tmp_path / "fixed")]  # fmt: skip
+    args = [
+        "sft",
+        str(model_dir),
+        "--data",
+        data,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--val-fraction",
+        "0",
+        "--out",
+        str(tmp_path / "fixed"),
+    ]
     assert main(args) == 0
     page.close()
 
@@ -380,8 +403,79 @@ def test_labeling_endpoint_that_is_down_is_named_not_fatal(assistant, tmp_path):
                 "model": app.state.served.name,
                 "max_tokens": 3,
                 "messages": [{"role": "user", "content": "hi"}],
-            },  # fmt: skip
+            },
         )
         assert ok.status_code == 200  # the server keeps serving
+    finally:
+        srv.should_exit = True
+
+
+def test_profiles_and_memory_in_the_web_ui(browser, assistant, tmp_path):
+    """Pick a profile (the server then runs the turn with its tools: none, so the model's
+    calculator call finds no calculator; the tiny test model is kept to the one conversation
+    it learned, so the profile has no instructions), set custom instructions (sent with every
+    turn), create a profile in the editor (a TOML file the API lists as a model), and add,
+    show and forget a memory."""
+    pdir = tmp_path / "profiles"
+    save_profile(
+        Profile(
+            name="pirate",
+            description="Counts without a calculator.",
+        ),
+        pdir,
+    )
+    c = ServeConfig(api_key=KEY, db=str(tmp_path / "chats.sqlite"), profiles=str(pdir))
+    url, srv = start_server(create_app(assistant[1], c))
+    try:
+        page, _ = open_chat(browser, url)
+        page.locator("#profile option[value=pirate]").wait_for(state="attached")
+        page.select_option("#profile", "pirate")
+        page.fill("#temperature", "0")
+        page.fill("#input", "What is 1234 * 5678?")
+        with page.expect_request("**/api/chat") as request:
+            page.click("#send")
+        assert request.value.post_data_json["profile"] == "pirate"
+        page.wait_for_function("() => !document.getElementById('send').hidden")
+        tool = page.locator(".msg.tool", has_text="tool result").first.inner_text()
+        assert "no tool named 'calculator'" in tool  # the profile's (empty) tool set applied
+        page.fill("#custom-instructions", "Call me Ann.")
+        page.dispatch_event("#custom-instructions", "change")
+        page.reload()  # kept in this browser for every chat
+        page.locator("#profile option[value=pirate]").wait_for(state="attached")
+        assert page.input_value("#custom-instructions") == "Call me Ann."
+        page.click("#new-chat")
+        page.fill("#input", "Hello")
+        with page.expect_request("**/api/chat") as request:
+            page.click("#send")
+        assert request.value.post_data_json["custom_instructions"] == "Call me Ann."
+        page.wait_for_function("() => !document.getElementById('send').hidden")
+        # Create a profile in the editor: saved as TOML, listed by the API, picked.
+        page.click("#profiles-panel summary")
+        page.fill("#pf-name", "helper")
+        page.fill("#pf-description", "Short answers.")
+        page.fill("#pf-instructions", "Be brief.")
+        page.fill("#pf-tools", "calculator")
+        page.fill("#pf-temperature", "0.2")
+        page.click("#pf-save")
+        page.locator("#profile option[value=helper]").wait_for(state="attached")
+        p = load_profile("helper", pdir)
+        assert (p.instructions, p.tools, p.sampling) == (
+            "Be brief.",
+            ["calculator"],
+            {"temperature": 0.2},
+        )
+        assert page.input_value("#profile") == "helper"
+        models = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+        assert "helper" in [m["id"] for m in models["data"]]
+        # Memory: add, shown, forgotten.
+        page.click("#memory-panel summary")
+        page.fill("#memory-text", "The user's cat is Miso.")
+        page.click("#memory-form button")
+        page.locator("#memories li", has_text="Miso").wait_for()
+        assert Store(c.db).memories()[0]["text"] == "The user's cat is Miso."
+        page.locator("#memories li .forget").first.click()
+        page.locator("#memories li").wait_for(state="detached")
+        assert Store(c.db).memories() == []
+        page.screenshot(path=str(OUTPUT / "web_profiles.png"), full_page=True)
     finally:
         srv.should_exit = True

@@ -25,11 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.agent.browser import Site, demo_web
+from llmos.agent.files import Index
+from llmos.agent.memory import memory_tools
+from llmos.agent.profiles import knowledge_tools, load_profile
 from llmos.agent.scenarios import company, funding_task, held_out, score_funding
-from llmos.agent.tools import ToolError, pick_tools, run_tool
+from llmos.agent.tools import Guard, ToolError, pick_tools, run_tool, send_message_tool
 from llmos.chat_format import ToolCallError, parse_tool_call, render
 from llmos.checkpoint import load_model
 from llmos.common import LlmosError, arg, atomic_write_text
+from llmos.data.store import Store
 from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
 from llmos.tokenizer import Tokenizer
 
@@ -62,6 +66,18 @@ class AgentConfig:
         lo=0,
     )
     system: str = arg("", "a system message before the task")
+    profile: str = arg(
+        "", "a profile (name or TOML path): its instructions, tools, knowledge, model"
+    )
+    index: str = arg("", "an index directory (`llmos index`): adds the files tool")
+    memory: str = arg(
+        "", "a SQLite store for remember/recall/forget (`default`: the llmos cache's)"
+    )
+    confirm: str = arg(
+        "ask",
+        "side effects (send_message): ask on the terminal, yes (confirmed in advance), or no",
+        choices=["ask", "yes", "no"],
+    )
     max_steps: int = arg(8, "model answers at most (each may call several tools)", lo=1)
     max_tokens: int = arg(2048, "generated tokens at most, all answers together", lo=1)
     answer_tokens: int = arg(512, "generated tokens at most in one answer", lo=1)
@@ -172,6 +188,8 @@ def run_agent(c: AgentConfig, out: str | Path) -> dict:
         return run_eval(c, out)
     if c.scenario == "funding":  # the showcase: its task, the demo web, all four tools
         c = _funding(c, out, c.company, c.web_seed)
+    if c.profile:
+        c = _with_profile(c)
     if not c.task:
         raise AgentError("give the task as the first argument (or --scenario)")
     return _run_with_tools(c, _model(c), Path(out) / time.strftime("%Y%m%d-%H%M%S"))
@@ -213,6 +231,20 @@ def run_eval(c: AgentConfig, out: str | Path) -> dict:
     return summary
 
 
+def _with_profile(c: AgentConfig) -> AgentConfig:
+    """The profile's instructions before --system, its tools (unless --tools was given), its
+    model (unless one was) and its temperature."""
+    p = load_profile(c.profile)
+    fields = AgentConfig.__dataclass_fields__
+    system = "\n\n".join(x for x in (p.instructions.strip(), c.system) if x)
+    tools = ",".join(p.tools) if c.tools == fields["tools"].default and p.tools else c.tools
+    model_dir = c.model_dir or (p.model if not c.base_url else "")
+    temperature = p.sampling.get("temperature", c.temperature)
+    return dataclasses.replace(
+        c, system=system, tools=tools, model_dir=model_dir, temperature=temperature
+    )
+
+
 def _model(c: AgentConfig):
     if bool(c.model_dir) == bool(c.base_url):
         raise AgentError("give either a model directory (--model-dir) or --base-url")
@@ -238,9 +270,16 @@ def _funding(c: AgentConfig, out: str | Path, name: str, seed: int) -> AgentConf
 
 def _run_with_tools(c: AgentConfig, model, run: Path) -> dict:
     site = Site(c.web, tuple(filter(None, c.allow_hosts.split(",")))) if c.web else None
+    extra = {"send_message": send_message_tool(run / "outbox.jsonl")}
+    if c.index:
+        extra |= Index.load(c.index).tool()
+    if c.profile:
+        extra |= knowledge_tools(load_profile(c.profile))
+    if c.memory:
+        extra |= memory_tools(Store(None if c.memory == "default" else c.memory))
     try:
         try:
-            tools = pick_tools(c.tools, site)
+            tools = pick_tools(c.tools, site, extra)
         except ToolError as e:
             raise AgentError(f"--tools: {e}") from None
         return _run(c, model, run, tools)
@@ -249,11 +288,26 @@ def _run_with_tools(c: AgentConfig, model, run: Path) -> dict:
             site.close()
 
 
+def _confirm(c: AgentConfig):
+    """How a side effect is confirmed: the person at the terminal, or their flag."""
+    if c.confirm == "ask":
+        if not os.isatty(0):
+            return None  # nobody to ask: refused, and the refusal says why
+
+        def ask(name: str, arguments: dict) -> bool:
+            answer = input(f"  allow {name}({json.dumps(arguments)[:300]})? [y/N] ")
+            return answer.strip().lower() in ("y", "yes")
+
+        return ask
+    return (lambda name, arguments: True) if c.confirm == "yes" else None
+
+
 def _run(c: AgentConfig, model, run: Path, tools: dict) -> dict:
     trace = Trace(run)
     messages = ([{"role": "system", "content": c.system}] if c.system else []) + [
         {"role": "user", "content": c.task}
     ]
+    guard = Guard.of(messages, _confirm(c))
     for m in messages:
         trace.add("message", message=m)
     schemas = [t["schema"] for t in tools.values()]
@@ -277,7 +331,9 @@ def _run(c: AgentConfig, model, run: Path, tools: dict) -> dict:
                 break
             # Every call of one answer runs at once: they are independent by construction
             # (the model wrote them before seeing any result).
-            for call, result in zip(calls, pool.map(lambda x: _run_call(x, tools), calls)):
+            seen = len(guard.refusals)
+            results = pool.map(lambda x: _run_call(x, tools, guard), calls)
+            for call, result in zip(calls, results):
                 text, files, seconds = result
                 saved = [trace.save_file(step, k, v) for k, v in files.items()]
                 fn = call["function"]
@@ -291,6 +347,8 @@ def _run(c: AgentConfig, model, run: Path, tools: dict) -> dict:
                 messages.append(
                     {"role": "tool", "tool_call_id": call.get("id", ""), "content": text}
                 )
+            for r in guard.refusals[seen:]:  # a call that writes, refused: logged in the trace
+                trace.add("refused", **r)
             if tokens >= c.max_tokens:
                 reason = f"token limit of {c.max_tokens}"
                 break
@@ -298,7 +356,7 @@ def _run(c: AgentConfig, model, run: Path, tools: dict) -> dict:
             reason = f"step limit of {c.max_steps}"
     summary = {"answer": answer, "stopped": reason, "steps": step, "tokens": tokens,
                "seconds": round(time.monotonic() - trace.t0, 2), "dir": str(run),
-               "tools": list(tools)}  # fmt: skip
+               "tools": list(tools), "refused": len(guard.refusals)}  # fmt: skip
     if c.scenario == "funding":
         files = [p for r in trace.rows if r["type"] == "result" for p in r["files"]]
         summary["score"] = score_funding(answer or "", files, c.company, c.web_seed)
@@ -311,7 +369,7 @@ def _run(c: AgentConfig, model, run: Path, tools: dict) -> dict:
     return summary
 
 
-def _run_call(call: dict, tools: dict) -> tuple[str, dict, float]:
+def _run_call(call: dict, tools: dict, guard: Guard) -> tuple[str, dict, float]:
     """(result text, files made, seconds) of one call; every error is text for the model."""
     t = time.monotonic()
     fn = call.get("function", {})
@@ -322,7 +380,7 @@ def _run_call(call: dict, tools: dict) -> tuple[str, dict, float]:
             raise ValueError("arguments must be a JSON object")
     except ValueError as e:
         return f"error: {fn.get('name')}: arguments are not a JSON object ({e})", {}, 0.0
-    result = run_tool(fn.get("name", ""), args, tools)
+    result = run_tool(fn.get("name", ""), args, tools, guard)
     return str(result), getattr(result, "files", {}), time.monotonic() - t
 
 

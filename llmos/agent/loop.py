@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from llmos.agent.tools import TOOLS, run_tool_call
+from llmos.agent.tools import TOOLS, Guard, run_tool_call
 from llmos.chat_format import render, split_reasoning
 from llmos.infer.engine import SamplingConfig
 
@@ -29,6 +29,7 @@ def assistant_turn(
     on_text: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     save_files: Callable[[dict[str, bytes]], list[dict]] | None = None,
+    guard: Guard | None = None,
 ) -> list[dict]:
     """The assistant's reply to a conversation: the new messages (assistant, tool, ...,
     assistant). A malformed call or a failing tool becomes a result the model sees, never a
@@ -36,8 +37,12 @@ def assistant_turn(
     as it streams (the tool-call JSON excluded). `should_stop()` true ends the turn at the next
     token (a user pressed stop, a client hung up). Files a tool made (a plot from `python`) go
     to `save_files`, whose descriptions ({"name", "url", "type"}) the tool message carries as
-    "attachments"; without it they are dropped (the result text still names them)."""
+    "attachments"; without it they are dropped (the result text still names them).
+
+    Every call passes `guard` (default: this conversation's, with nobody to confirm, so a
+    side effect is refused): a call that writes runs only if the system or user asked for it."""
     tools = TOOLS if tools is None else tools
+    guard = guard or Guard.of(messages)
     tok, sp = model.tok, model.tok.special_ids
     specials = set(sp.values())
     # A turn ends at <|end|> (or EOS); a call is complete at <|/tool_call|>. A model with a
@@ -68,7 +73,7 @@ def assistant_turn(
             break
         k = ids.index(call_open) if call_open in ids else len(ids) - 1
         raw = tok.decode(ids[k + 1 : -1])
-        call, result = run_tool_call(raw, tools)
+        call, result = run_tool_call(raw, tools, guard)
         if call is None:
             name, args = "invalid", json.dumps(raw)
         else:

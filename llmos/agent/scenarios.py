@@ -21,6 +21,7 @@ import random
 import re
 
 from llmos.agent.browser import companies
+from llmos.agent.tools import mark_data, run_tool
 from llmos.common import hash_fraction
 
 ESTIMATE_RULE = (
@@ -134,7 +135,7 @@ def funding_trace(name: str, tools: dict, r: random.Random) -> list[dict]:
     msgs = [{"role": "user", "content": funding_task(name)}]
 
     def step(tool: str, **args) -> str:
-        result = tools[tool]["fn"](args)
+        result = run_tool(tool, args, tools)  # as the loop runs it: results marked as data
         msgs.extend([_call(tool, **args), {"role": "tool", "content": str(result)}])
         return str(result)
 
@@ -166,8 +167,9 @@ def funding_trace(name: str, tools: dict, r: random.Random) -> list[dict]:
     )
     msgs.append(_call("python", code=code))
     seconds, size = r.uniform(0.8, 2.5), r.randint(14_000, 30_000)
-    msgs.append({"role": "tool", "content": f"[sandbox: bubblewrap; exit code 0; {seconds:.1f} s]"
-                 f"\nfiles: valuation.png ({size:,} bytes)"})  # fmt: skip
+    report = f"[sandbox: bubblewrap; exit code 0; {seconds:.1f} s]"
+    report += f"\nfiles: valuation.png ({size:,} bytes)"
+    msgs.append({"role": "tool", "content": mark_data(report, "python")})
     table = ["| round | date | amount ($M) | valuation ($M) |", "|---|---|---|---|"]
     for k, (rd, date, amount, val) in enumerate(rounds):
         table.append(f"| {rd} | {date} | {amount} | {val}{' (estimate)' if k == h else ''} |")

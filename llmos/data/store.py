@@ -1,5 +1,6 @@
 """What people produce at run time, in one SQLite file: the web chat's conversations, comparison
-labels from the labeling page, and corrections (a conversation whose answer a person fixed).
+labels from the labeling page, corrections (a conversation whose answer a person fixed), and
+the assistant's memory (what it was asked to remember, and turns paged out of its context).
 
 A connection per call keeps it thread-safe under uvicorn's workers; each write is one
 transaction, so a crash never leaves half a record. Training reads labels and corrections as
@@ -47,6 +48,16 @@ SCHEMA = [
     messages TEXT NOT NULL,
     original TEXT NOT NULL,
     labeler TEXT NOT NULL,
+    created REAL NOT NULL
+)""",
+    # The assistant's long-term memory: one fact a row. `source` says who wrote it ("model":
+    # the remember tool; "user": the web UI; "paged": a turn that left the context window),
+    # `key` makes a paged turn go in once however often the conversation is re-fitted.
+    """CREATE TABLE IF NOT EXISTS memories (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    text TEXT NOT NULL,
+    source TEXT NOT NULL,
+    key TEXT UNIQUE,
     created REAL NOT NULL
 )""",
 ]
@@ -221,3 +232,30 @@ class Store:
             {"messages": json.loads(r["messages"]), "labeler": r["labeler"], "id": r["id"]}
             for r in rows
         ]
+
+    # -- memory (the remember / recall / forget tools, the web UI's memory panel) -------------
+
+    def remember(self, text: str, source: str = "model", key: str | None = None) -> int | None:
+        """Store one memory; its id (None: a memory with this key is already stored)."""
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO memories (text, source, key, created) VALUES (?, ?, ?, ?)",
+                (text, source, key, time.time()),
+            )
+            return cur.lastrowid if cur.rowcount else None
+
+    def memories(self, source: str | None = None) -> list[dict]:
+        """Every memory, oldest first (`source`: only those)."""
+        q, args = "SELECT id, text, source, created FROM memories", ()
+        if source:
+            q, args = q + " WHERE source = ?", (source,)
+        with self._db() as db:
+            return [dict(r) for r in db.execute(q + " ORDER BY id", args)]
+
+    def edit_memory(self, mid: int, text: str) -> bool:
+        with self._db() as db:
+            return db.execute("UPDATE memories SET text = ? WHERE id = ?", (text, mid)).rowcount > 0
+
+    def forget(self, mid: int) -> bool:
+        with self._db() as db:
+            return db.execute("DELETE FROM memories WHERE id = ?", (mid,)).rowcount > 0

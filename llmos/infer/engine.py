@@ -9,7 +9,6 @@ gpt-fast; activations stay bf16).
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,11 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llmos.checkpoint import load_model
 from llmos.common import arg, device, log, pick_dtype
 from llmos.infer.native import NativeDecoder, native_error
 from llmos.model import KVCache, Transformer, apply_rope, rope_and_mask, rope_tables
-from llmos.tokenizer import Tokenizer
 
 
 @dataclass
@@ -51,14 +48,29 @@ def sample_next(
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next token ids (B,) from last-position logits (B, V); `seen` (B, V) marks used tokens."""
-    logits = logits.float()
-    if s.repetition_penalty != 1.0 and seen is not None:
-        penalized = torch.where(
-            logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty
-        )
-        logits = torch.where(seen, penalized, logits)
     if s.temperature <= 0:
-        return logits.argmax(-1)
+        return penalize(logits.float(), s, seen).argmax(-1)
+    return torch.multinomial(next_token_probs(logits, s, seen), 1, generator=gen).squeeze(-1)
+
+
+def penalize(logits: torch.Tensor, s: SamplingConfig, seen: torch.Tensor | None) -> torch.Tensor:
+    if s.repetition_penalty == 1.0 or seen is None:
+        return logits
+    penalized = torch.where(
+        logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty
+    )
+    return torch.where(seen, penalized, logits)
+
+
+def next_token_probs(
+    logits: torch.Tensor, s: SamplingConfig, seen: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The weights (B, V) sampling draws from, not yet summing to 1 after top-p or min-p:
+    temperature, top-k, top-p and min-p applied (speculative decoding needs the whole
+    distribution, to accept or reject a draft's token)."""
+    logits = penalize(logits.float(), s, seen)
+    if s.temperature <= 0:  # greedy: all the mass on the argmax
+        return F.one_hot(logits.argmax(-1), logits.size(-1)).float()
     # Subtract the max first: then the top logit is 0 and the rest are <= 0 at any temperature,
     # so a tiny temperature gives -inf (never sampled) instead of inf - inf = NaN.
     logits = (logits - logits.max(-1, keepdim=True).values) / s.temperature
@@ -72,7 +84,7 @@ def sample_next(
         sorted_p, order = probs.sort(-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > s.top_p  # keep the smallest set reaching top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0))
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    return probs
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
@@ -430,25 +442,3 @@ class TextState:
         out = self.held + self.pending.decode("utf-8", errors="replace")
         self.held, self.pending = "", b""
         return out
-
-
-# -- `llmos sample` -------------------------------------------------------------------------
-
-
-@dataclass
-class SampleConfig(SamplingConfig):
-    model_dir: str = arg("", "the model directory to sample from", positional=True)
-    prompt: str = arg("", "the text to continue (after BOS)")
-    dtype: str = arg("auto", DTYPE_HELP, choices=["auto", *DTYPES])
-    max_new_tokens: int = 200
-
-
-def sample(c: SampleConfig) -> None:
-    """Stream a continuation of c.prompt to stdout."""
-    tok = Tokenizer.load(c.model_dir)
-    engine = Engine(load_model(c.model_dir), tok, c.dtype)
-    sys.stdout.write(c.prompt)
-    for _, _, piece, _ in engine.stream([tok.encode_prompt(c.prompt)], c):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")

@@ -1,7 +1,11 @@
 """`llmos serve`: an OpenAI-compatible API and a web chat for a model directory.
 
 Routes: GET /v1/models, POST /v1/chat/completions and /v1/completions (streaming over SSE or
-not), GET /health, the web chat at / with its conversations under /api/conversations. Every
+not), GET /health, the web chat at / with its conversations under /api/conversations.
+Profiles ("GPTs", agent/profiles.py) are models too: `/v1/models` lists each, and a request for
+one gets its instructions (a system message before the request's own) and its sampling
+defaults (where the request sets none). The API never runs tools: it returns the calls, and
+the client (its user) decides whether to run them, side effects included. Every
 error has OpenAI's shape, {"error": {"message", "type", "param", "code"}}, so clients report it
 as they would OpenAI's (serve/errors.py). Generation goes through the continuous batcher
 (serve/batcher.py); OpenAI's request and response shapes are in serve/openai_shapes.py, the
@@ -26,11 +30,14 @@ from fastapi.responses import StreamingResponse
 
 from llmos import tasks
 from llmos.agent.browser import Site
+from llmos.agent.profiles import NAME as PROFILE_NAME
+from llmos.agent.profiles import Profile, default_dir, list_profiles, load_profile
 from llmos.agent.tools import ToolError, pick_tools
 from llmos.checkpoint import load_model
-from llmos.common import arg
+from llmos.common import arg, log
 from llmos.data.store import Store, default_path
 from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
+from llmos.infer.speculative import make_speculative
 from llmos.serve.batcher import Batcher, Busy
 from llmos.serve.batcher import Request as Generation
 from llmos.serve.errors import APIError, BearerAuth, add_error_handlers, read_body
@@ -84,6 +91,10 @@ class ServeConfig:
         "seconds a request may take, waiting included; then it ends as if out of tokens",
         lo=0.001,
     )
+    profiles: str = arg("", "the profiles directory (each NAME.toml is a model); empty: llmos's")
+    draft: str = arg("", "speculative decoding of single requests: a smaller model, same tokenizer")
+    prompt_lookup: bool = arg(False, "speculative decoding of single requests by prompt lookup")
+    speculate: int = arg(4, "tokens guessed per target pass when speculating", lo=1)
 
 
 MAX_STOP_CHARS = 256
@@ -123,6 +134,11 @@ class Served:
         self.tok = Tokenizer.load(self.dir)
         self.engine = Engine(load_model(self.dir), self.tok, c.dtype)
         self.batcher = Batcher(self.engine, c.max_batch, c.max_queue, c.context)
+        # Speculative decoding serves one request at a time (its lock): it cuts one user's
+        # latency; the batcher serves many at once.
+        self.spec = make_speculative(self.engine, c.draft, c.prompt_lookup, c.speculate, c.dtype)
+        self.spec_lock = threading.Lock()
+        self.profiles_dir = Path(c.profiles) if c.profiles else default_dir()
         self.context = self.batcher.max_len
         self.max_prompt = c.max_prompt_tokens or self.context - 1
         self.inbox: Inbox | None = None
@@ -134,11 +150,18 @@ class Served:
             self.call_open, self.call_close = sp["<|tool_call|>"], sp["<|/tool_call|>"]
             self.stop_ids |= {sp["<|end|>"], self.call_close}
 
+    def profile(self, name: str) -> Profile | None:
+        """The profile of that name, read afresh (the web UI may have just edited it)."""
+        if not PROFILE_NAME.fullmatch(name) or not (self.profiles_dir / f"{name}.toml").exists():
+            return None
+        return load_profile(name, self.profiles_dir)
+
     def check(self, body: Body) -> None:
-        if body.model not in (self.name, str(self.dir)):
+        if body.model not in (self.name, str(self.dir)) and not self.profile(body.model):
             raise APIError(
                 404,
-                f"The model '{body.model}' does not exist; this server has '{self.name}'.",
+                f"The model '{body.model}' does not exist; this server has '{self.name}' "
+                "and its profiles (GET /v1/models lists them).",
                 param="model",
                 code="model_not_found",
             )
@@ -198,6 +221,8 @@ class Served:
             self.inbox = Inbox(asyncio.get_running_loop())
         inbox, q = self.inbox, asyncio.Queue()
         deadline = time.monotonic() + self.c.request_timeout
+        if self.spec and n == 1 and len(prompts) == 1 and not bias:
+            return q, [self._speculate(prompts[0], s, lambda *ev: inbox.put(q, (0, *ev)), deadline)]
         gens: list[Generation] = []
         try:
             for p_i, prompt in enumerate(prompts):
@@ -218,6 +243,31 @@ class Served:
                 429, f"The server is busy ({e}); retry shortly.", code="rate_limit_exceeded"
             ) from None
         return q, gens
+
+    def _speculate(self, prompt: list[int], s: SamplingConfig, emit, deadline: float):
+        """One generation by speculative decoding, on a thread; emits as the batcher does."""
+        g = Generation(prompt, s, emit, self.stop_ids, self.hidden, {}, deadline)
+
+        def work() -> None:
+            finish = "length"
+            try:
+                with self.spec_lock:
+                    for t, text, stopped in self.spec.stream(prompt, s, self.stop_ids, self.hidden):
+                        if g.cancelled:
+                            return
+                        if stopped:
+                            finish = "stop"
+                            break
+                        emit(t, text, None)
+                        if time.monotonic() > deadline:
+                            break
+            except Exception as e:  # the request ends with an error; the server goes on
+                log.warning("speculative decoding failed: %s", e)
+                finish = "error"
+            emit(None, "", finish)
+
+        threading.Thread(target=work, name="llmos-speculative", daemon=True).start()
+        return g
 
 
 async def _events(request: Request, q: asyncio.Queue, gens: list[Generation]):
@@ -289,20 +339,25 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [_model_card(served)]}
+        cards = [_profile_card(served, p) for p in list_profiles(served.profiles_dir)]
+        return {"object": "list", "data": [_model_card(served), *cards]}
 
     @app.get("/v1/models/{name}")
     async def model(name: str):
-        if name != served.name:
-            raise APIError(
-                404, f"The model '{name}' does not exist.", param="model", code="model_not_found"
-            )
-        return _model_card(served)
+        if name == served.name:
+            return _model_card(served)
+        if p := served.profile(name):
+            return _profile_card(served, p)
+        raise APIError(
+            404, f"The model '{name}' does not exist.", param="model", code="model_not_found"
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body: ChatBody = await read_body(request, ChatBody)
         served.check(body)
+        if profile := served.profile(body.model):
+            with_profile(body, profile)
         prompt, forced, banned = chat_prompt(served, body)
         s = served.sampling(body, len(prompt), body.max_completion_tokens or body.max_tokens)
         bias = served.logit_bias(body) | {t: -math.inf for t in banned}
@@ -312,7 +367,7 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
             for _ in gens
         ]
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": rid, "created": created, "model": served.name}
+        head = {"id": rid, "created": created, "model": profile.name if profile else served.name}
         if not body.stream:
             async for i, t, text, finish in _events(request, q, gens):
                 states[i].add(t, text)
@@ -405,11 +460,24 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    add_web_chat(app, store, served.batcher, tools, Path(c.db).parent / "files")
+    add_web_chat(app, store, served, tools, site, Path(c.db).parent / "files")
     queue = tasks.prompts(c.label_prompts, 50, 0) if c.label_prompts else []
     endpoints = [e.strip() for e in c.label_endpoints.split(",") if e.strip()]
     add_labeling(app, store, [r["prompt"] for r in queue], served.name, endpoints)
     return app
+
+
+def with_profile(body: ChatBody, p: Profile) -> None:
+    """A request for a profile: its instructions first, its sampling where the request has none."""
+    body.messages = p.system_message() + body.messages
+    for key, value in p.sampling.items():
+        if key not in body.model_fields_set:
+            setattr(body, key, value)
+
+
+def _profile_card(served: Served, p: Profile) -> dict:
+    return {**_model_card(served), "id": p.name, "description": p.description,
+            "root": served.name}  # fmt: skip
 
 
 def _model_card(served: Served) -> dict:

@@ -1,7 +1,14 @@
 """The web chat's routes: the page at / (static files, no CDN), its conversations in SQLite
 under /api/conversations, /api/chat, which runs an assistant turn with its tool calls on the
 server (the tool loop of `llmos chat`, through the batcher) and streams what happens to the
-page, and /files/ID/NAME, the files those tools made (a python plot), shown inline."""
+page, /files/ID/NAME, the files those tools made (a python plot), shown inline, the profiles
+("GPTs") under /api/profiles and the assistant's memory under /api/memory.
+
+Side effects are confirmed by the person, in two steps. A turn whose model calls a
+side-effecting tool (send_message) that is not confirmed gets the call refused, and the stream
+carries {"type": "confirm", "call": {"name", "arguments"}}; the page asks, and on "allow" sends
+the same conversation again with `"confirm": [that call]`. A confirmed call runs once, and only
+with exactly those arguments; a call that only data asked for is refused either way."""
 
 from __future__ import annotations
 
@@ -20,10 +27,20 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from llmos.agent.loop import assistant_turn
+from llmos.agent.memory import fit_with_memory, memory_tools
+from llmos.agent.profiles import NAME as PROFILE_NAME
+from llmos.agent.profiles import (
+    Profile,
+    ProfileError,
+    knowledge_tools,
+    list_profiles,
+    parse_profile,
+    save_profile,
+)
+from llmos.agent.tools import Guard, ToolError, pick_tools, send_message_tool
 from llmos.chat_format import ConversationError, check_conversation, fit_to_context
 from llmos.data.store import Store
 from llmos.infer.engine import SamplingConfig
-from llmos.serve.batcher import Batcher
 from llmos.serve.errors import APIError, read_body
 
 STATIC = Path(__file__).parent / "static"
@@ -47,6 +64,24 @@ class ChatTurnBody(BaseModel):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1, le=4096)
+    profile: str | None = Field(None, max_length=64)  # its instructions, tools and knowledge
+    custom_instructions: str | None = Field(None, max_length=4000)  # the person's own
+    memory: bool = False  # memory tools, and paging out what outgrows the context
+    conversation: str | None = Field(None, max_length=64)  # whose turns are paged out
+    confirm: list[dict[str, Any]] = Field(default_factory=list, max_length=8)  # allowed calls
+
+
+class ProfileBody(BaseModel):
+    description: str = Field("", max_length=500)
+    instructions: str = Field("", max_length=8000)
+    knowledge: list[str] = Field(default_factory=list, max_length=1)
+    tools: list[str] = Field(default_factory=list, max_length=16)
+    model: str = Field("", max_length=500)
+    sampling: dict[str, float] = Field(default_factory=dict)
+
+
+class MemoryBody(BaseModel):
+    text: str = Field(min_length=1, max_length=2000)
 
 
 class ConversationBody(BaseModel):
@@ -55,11 +90,28 @@ class ConversationBody(BaseModel):
     settings: dict[str, Any] | None = None
 
 
-def add_web_chat(
-    app: FastAPI, store: Store, batcher: Batcher, tools: dict, files_dir: Path
-) -> None:
-    """`tools`: what the assistant may call in the web chat; `files_dir`: where the files
-    they make are kept, each call's under an unguessable id."""
+def add_web_chat(app: FastAPI, store: Store, served, tools: dict, site, files_dir: Path) -> None:
+    """`tools`: what the assistant may call in the web chat (a profile picks its own from
+    those, `site`'s search and open, files, memory and send_message); `files_dir`: where the
+    files they make are kept, each call's under an unguessable id."""
+    batcher = served.batcher
+    knowledge: dict[str, tuple[float, dict]] = {}  # profile -> (file mtime, its files tool)
+
+    def turn_tools(profile: Profile | None, memory: bool) -> dict:
+        """The server's --tools, or a profile's own; with memory, remember/recall/forget."""
+        mem = memory_tools(store) if memory else {}
+        if profile is None:
+            return tools | mem
+        extra = {"send_message": send_message_tool(files_dir.parent / "outbox.jsonl")}
+        if profile.knowledge:  # indexed once, and again when the profile file changes
+            mtime = (served.profiles_dir / f"{profile.name}.toml").stat().st_mtime
+            if knowledge.get(profile.name, (None,))[0] != mtime:
+                knowledge[profile.name] = (mtime, knowledge_tools(profile, served.profiles_dir))
+            extra |= knowledge[profile.name][1]
+        try:
+            return pick_tools(",".join(profile.tools), site, extra) | mem
+        except ToolError as e:
+            raise APIError(400, f"profile {profile.name}: {e}", param="profile") from None
 
     def save_files(files: dict[str, bytes]) -> list[dict]:
         # The id is the capability: /files/ needs no API key (an <img> cannot send one), so
@@ -106,15 +158,40 @@ def add_web_chat(
             check_conversation(body.messages, "messages")
         except ConversationError as e:
             raise APIError(400, str(e), param="messages") from None
+        profile = None
+        if body.profile:
+            profile = served.profile(body.profile)
+            if profile is None:
+                raise APIError(404, f"no profile {body.profile!r}", param="profile")
+        # System and profile instructions, then the person's custom instructions: both
+        # outrank what is said in the chat, and tool output outranks nothing.
+        head = profile.system_message(body.custom_instructions or "") if profile else []
+        if not profile and body.custom_instructions:
+            head = [{"role": "system", "content": body.custom_instructions}]
+        asked = head + body.messages
+        turn = turn_tools(profile, body.memory)
         # A long chat outgrows a small model's context: the oldest turns are left out (the
-        # page is told), rather than failing every message from then on.
+        # page is told), or with memory on, paged out to memory where `recall` finds them.
         max_tokens = min(body.max_tokens, batcher.max_len // 2)
+        budget = batcher.max_len - max_tokens
         try:
-            messages, dropped = fit_to_context(
-                batcher.tok, body.messages, batcher.max_len - max_tokens
-            )
+            if body.memory:
+                cid = body.conversation or "web"
+                messages, dropped = fit_with_memory(batcher.tok, asked, budget, store, cid)
+            else:
+                messages, dropped = fit_to_context(batcher.tok, asked, budget)
         except ConversationError as e:
             raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
+        allowed = [(c.get("name"), c.get("arguments")) for c in body.confirm]
+
+        def confirm(name: str, arguments: dict) -> bool:
+            if (name, arguments) in allowed:
+                allowed.remove((name, arguments))  # once
+                return True
+            emit({"type": "confirm", "call": {"name": name, "arguments": arguments}})
+            return False
+
+        guard = Guard.of(messages, confirm)
         s = SamplingConfig(
             temperature=body.temperature, top_p=body.top_p, max_new_tokens=max_tokens
         )
@@ -125,8 +202,9 @@ def add_web_chat(
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         if dropped:
+            where = "moved to memory" if body.memory else "left out"
             notice = (
-                f"The first {dropped} messages were left out: the whole conversation does not "
+                f"The first {dropped} messages were {where}: the whole conversation does not "
                 f"fit the model's context of {batcher.max_len} tokens."
             )
             emit({"type": "notice", "message": notice})
@@ -137,7 +215,8 @@ def add_web_chat(
                     batcher,
                     messages,
                     s,
-                    tools=tools,
+                    tools=turn,
+                    guard=guard,
                     on_text=lambda piece: emit({"type": "text", "text": piece}),
                     on_message=lambda m: emit({"type": "message", "message": m}),
                     should_stop=gone.is_set,
@@ -183,3 +262,51 @@ def add_web_chat(
         if not store.delete(cid):
             raise APIError(404, f"no conversation {cid}", code="not_found")
         return {"id": cid, "deleted": True}
+
+    # -- profiles ("GPTs") and memory ------------------------------------------------------
+
+    @app.get("/api/profiles")
+    async def get_profiles():
+        return {"data": [vars(p) for p in list_profiles(served.profiles_dir)]}
+
+    @app.put("/api/profiles/{name}")
+    async def put_profile(name: str, request: Request):
+        if not PROFILE_NAME.fullmatch(name):
+            raise APIError(400, "a profile name is 1-64 of a-z 0-9 . _ -", param="name")
+        body: ProfileBody = await read_body(request, ProfileBody)
+        try:
+            p = parse_profile({"name": name, **body.model_dump()}, f"profile {name}")
+            save_profile(p, served.profiles_dir)
+        except ProfileError as e:
+            raise APIError(400, str(e), param="profile") from None
+        return vars(p)
+
+    @app.delete("/api/profiles/{name}")
+    async def delete_profile(name: str):
+        path = served.profiles_dir / f"{name}.toml"
+        if not PROFILE_NAME.fullmatch(name) or not path.exists():
+            raise APIError(404, f"no profile {name}", code="not_found")
+        path.unlink()
+        return {"id": name, "deleted": True}
+
+    @app.get("/api/memory")
+    async def get_memory():
+        return {"data": store.memories()}
+
+    @app.post("/api/memory")
+    async def add_memory(request: Request):
+        body: MemoryBody = await read_body(request, MemoryBody)
+        return {"id": store.remember(body.text, "user"), "text": body.text}
+
+    @app.put("/api/memory/{mid}")
+    async def edit_memory(mid: int, request: Request):
+        body: MemoryBody = await read_body(request, MemoryBody)
+        if not store.edit_memory(mid, body.text):
+            raise APIError(404, f"no memory {mid}", code="not_found")
+        return {"id": mid, "text": body.text}
+
+    @app.delete("/api/memory/{mid}")
+    async def delete_memory(mid: int):
+        if not store.forget(mid):
+            raise APIError(404, f"no memory {mid}", code="not_found")
+        return {"id": mid, "deleted": True}

@@ -209,9 +209,13 @@ async function send(text) {
 // The assistant's turn, run by the server (/api/chat): its tool calls run there, through the
 // same loop as `llmos chat`. Text streams into a draft bubble; each finished message (a call,
 // a tool's result, the answer) replaces the draft and is kept. Stopping keeps the draft.
-async function streamTurn() {
+// A side effect (send_message) the person has not confirmed is refused by the server, which
+// says so with a "confirm" event; "Allow" runs the same turn again with that exact call allowed.
+async function streamTurn(confirmed = []) {
   const system = $("system").value.trim();
   const messages = (system ? [{ role: "system", content: system }] : []).concat(state.messages);
+  const start = state.messages.length;
+  const asks = [];
   let draft = { role: "assistant", content: "" };
   let div = bubble(draft);
   try {
@@ -220,6 +224,9 @@ async function streamTurn() {
       body: JSON.stringify({
         messages, temperature: Number($("temperature").value),
         top_p: Number($("top-p").value), max_tokens: Number($("max-tokens").value),
+        profile: $("profile").value || null, memory: $("use-memory").checked,
+        custom_instructions: $("custom-instructions").value.trim() || null,
+        conversation: state.id, confirm: confirmed,
       }),
     });
     if (!r.ok) throw new Error((await r.json()).error.message);
@@ -248,6 +255,8 @@ async function streamTurn() {
           div = bubble(draft);
         } else if (e.type === "error" || e.type === "notice") {
           status(e.message);
+        } else if (e.type === "confirm") {
+          asks.push(e.call);
         }
       }
     }
@@ -255,6 +264,27 @@ async function streamTurn() {
     div.remove();
     if (draft.content) { state.messages.push(draft); bubble(draft); }
   }
+  if (asks.length) askToConfirm(asks[0], start);
+}
+
+function askToConfirm(call, start) {
+  const div = document.createElement("div");
+  div.className = "msg confirm";
+  div.textContent = `The assistant wants to run ${call.name}(${JSON.stringify(call.arguments)}). `;
+  const allow = document.createElement("button");
+  allow.type = "button"; allow.className = "allow"; allow.textContent = "Allow";
+  const deny = document.createElement("button");
+  deny.type = "button"; deny.className = "deny"; deny.textContent = "Deny";
+  deny.onclick = () => div.remove();
+  allow.onclick = async () => {
+    div.remove();
+    state.messages.length = start;  // the turn again, from where it began, with the call allowed
+    showMessages();
+    state.controller = new AbortController();
+    try { await streamTurn([call]); } finally { state.controller = null; await save({}); }
+  };
+  div.append(allow, deny);
+  $("messages").appendChild(div);
 }
 
 // -- wiring ----------------------------------------------------------------------------------
@@ -281,6 +311,7 @@ async function init() {
   try {
     const { data } = await api("GET", "/v1/models");
     $("model").textContent = data[0].id;
+    if (typeof loadProfiles === "function") await loadProfiles();
     await refreshList();
     status("");
   } catch (e) {
