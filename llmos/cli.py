@@ -32,6 +32,7 @@ from llmos.convert import (
 from llmos.data.shards import TokenizeConfig, TokenizerTrainConfig, tokenize, train_tokenizer
 from llmos.eval.compress import CompressConfig, compress
 from llmos.eval.retrieval import RetrievalEvalConfig, retrieval_eval
+from llmos.eval.tasks import EvalConfig, eval_command
 from llmos.infer.speculative import SampleConfig, sample
 from llmos.prefs import PrefsConfig, prefs_command
 from llmos.selfplay import SelfplayConfig, selfplay
@@ -71,6 +72,12 @@ VERBS = {
     "tokenize": Verb("tokenize a corpus into train/val token shards", TokenizeConfig, tokenize),
     "pretrain": Verb("pretrain a model on a corpus", PretrainConfig, pretrain, "", True),
     "sample": Verb("sample text from a model directory, streaming", SampleConfig, sample),
+    "eval": Verb(
+        "task accuracy on held-out questions, tools on (greedy); eval.json in --out",
+        EvalConfig,
+        eval_command,
+        "runs/eval",
+    ),
     "compress": Verb("bits per byte: the model vs gzip, bz2, xz", CompressConfig, compress),
     "sft": Verb("fine-tune a model on conversations (tasks or JSONL)", SFTConfig, sft, "", True),
     "prefs generate": Verb(

@@ -480,3 +480,38 @@ def test_the_chat_loop_asks_before_a_side_effect(assistant, tmp_path):
     )
     assert asked == [("send_message", {"to": "ann", "text": "hi"})]
     assert "did not confirm" in new[1]["content"] and not (tmp_path / "out.jsonl").exists()
+
+
+# -- the docs task and `llmos eval` ----------------------------------------------------------
+
+
+def test_docs_task_cites_and_its_checker_reads_citations():
+    from llmos import tasks
+
+    train, held = tasks.generate("docs", 30), tasks.generate("docs", 12, split="eval")
+    assert {r["world"] for r in train}.isdisjoint({r["world"] for r in held})
+    for rec in train + held:
+        answer = rec["messages"][-1]["content"]
+        assert tasks.reward(rec, answer) == 1.0
+        assert rec["messages"][2]["content"].startswith("[data from files")
+    rec = held[0]
+    fact = rec["answer"]["fact"]
+    assert tasks.reward(rec, f"{fact} [{rec['answer']['file']}:L900-901].") == 0.5  # wrong lines
+    assert tasks.reward(rec, f"{fact}.") == 0.5  # no citation
+    assert tasks.reward(rec, "I do not know [people/x.md:L1-2].") == 0.0
+    # Evaluation offers the files tool over the record's own folder.
+    tools = tasks.tools_for(rec)
+    out = tools["files"]["fn"]({"query": rec["messages"][0]["content"]})
+    assert fact in out
+
+
+def test_eval_cli_writes_accuracy_per_task(assistant, tmp_path):
+    from llmos.cli import main
+
+    assert (
+        main(["eval", str(assistant[1]), "--tasks", "docs", "--n", "2", "--out", str(tmp_path)])
+        == 0
+    )
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["docs"]["n"] == 2 and 0 <= result["docs"]["accuracy"] <= 1
+    assert main(["eval", str(assistant[1]), "--tasks", "nope", "--out", str(tmp_path)]) == 2

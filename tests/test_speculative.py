@@ -110,3 +110,55 @@ def test_prompt_lookup_copies_the_latest_match():
     assert look.propose(ids, 2, None)[0] == [7, 7]  # the later of the two earlier matches
     assert look.propose([4, 5, 6], 2, None)[0] == []
     assert list(itertools.islice(look.propose(ids, 10, None)[0], 3)) == [7, 7, 7]
+
+
+def test_sample_cli_speculates_and_prints_the_same_text(assistant, capsys):
+    from llmos.cli import main
+
+    args = [
+        str(assistant[1]),
+        "--prompt",
+        "What is",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "30",
+    ]
+    assert main(["sample", *args]) == 0
+    alone = capsys.readouterr().out
+    assert main(["sample", *args, "--prompt-lookup"]) == 0
+    out = capsys.readouterr()
+    assert out.out == alone and "speculative:" in out.err
+
+
+def test_the_server_speculates_single_requests_exactly(assistant, tmp_path):
+    """The same requests to a server that speculates (prompt lookup) and to one that does not:
+    the same tokens, streaming or not, tool calls banned (logit_bias) or allowed."""
+    import openai
+
+    from llmos.serve.api import ServeConfig, create_app
+
+    from .conftest import start_server
+
+    name, answers = assistant[1].resolve().name, []
+    for lookup in (False, True):
+        c = ServeConfig(db=str(tmp_path / f"{lookup}.sqlite"), prompt_lookup=lookup)
+        url, srv = start_server(create_app(assistant[1], c))
+        try:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="none")
+            got = []
+            for tools in (None, [{"type": "function", "function": {"name": "calculator"}}]):
+                kw = {"tools": tools} if tools else {}
+                r = client.chat.completions.create(
+                    model=name, messages=CONVERSATION[:1], temperature=0, max_tokens=40, **kw
+                )
+                got.append(r.choices[0].model_dump(exclude={"index"}))
+                got.append(r.usage.completion_tokens)
+            stream = client.chat.completions.create(
+                model=name, messages=CONVERSATION[:1], temperature=0, max_tokens=40, stream=True
+            )
+            got.append("".join(ch.choices[0].delta.content or "" for ch in stream))
+            answers.append(got)
+        finally:
+            srv.should_exit = True
+    assert answers[0] == answers[1]

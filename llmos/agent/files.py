@@ -225,17 +225,17 @@ class Index:
             {**self.chunks[i], "cite": cite(self.chunks[i])} for i in self.rank(query, mode)[:k]
         ]
 
-    def tool(self) -> dict:
-        """The `files` tool: search the indexed files, results with citations to quote."""
+    def tool(self, k: int = 3, chars: int = 1200) -> dict:
+        """The `files` tool: the k best passages (each cut at `chars`) under their citations."""
 
         def files(args: dict) -> str:
             q = args.get("query")
             if not isinstance(q, str) or not q.strip():
                 return 'error: files: "query" must be a non-empty string'
-            hits = self.search(q[:500], k=3)
+            hits = self.search(q[:500], k=k)
             if not hits:
                 return f"no passages match {q[:100]!r}"
-            return "\n\n".join(f"[{h['cite']}]\n{h['text'].strip()[:1200]}" for h in hits)
+            return "\n\n".join(f"[{h['cite']}]\n{h['text'].strip()[:chars]}" for h in hits)
 
         schema = {
             "type": "function",
@@ -326,17 +326,17 @@ def build_index(c: IndexConfig, out: str | Path | None = None) -> dict:
     write_json(out / "meta.json", {**settings, "root": str(root.resolve()), "chunks": len(chunks),
                                    "files": files})  # fmt: skip
     summary = {**counts, "removed": removed, "skipped": skipped, "chunks": len(chunks),
-               "embedded": len(todo) if c.dense else 0}  # fmt: skip
-    print(f"indexed {len(files)} files into {len(chunks)} chunks: {counts['new']} new, "
-          f"{counts['changed']} changed, {counts['unchanged']} unchanged, {removed} removed; "
-          f"embedded {summary['embedded']} chunks -> {out}")  # fmt: skip
-    for s in skipped:
-        print(f"  skipped {s}")
+               "files": len(files), "embedded": len(todo) if c.dense else 0}  # fmt: skip
     return summary
 
 
 def index_command(c: IndexConfig) -> None:
-    build_index(c)
+    s = build_index(c)
+    print(f"indexed {s['files']} files into {s['chunks']} chunks: {s['new']} new, "
+          f"{s['changed']} changed, {s['unchanged']} unchanged, {s['removed']} removed; "
+          f"embedded {s['embedded']} chunks -> {c.out}")  # fmt: skip
+    for skipped in s["skipped"]:
+        print(f"  skipped {skipped}")
 
 
 def search_command(c: SearchConfig) -> None:

@@ -4,13 +4,26 @@ final reply with its task's reward (the same checker RL will use as a verifiable
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from llmos import tasks
 from llmos.agent.loop import assistant_turn
 from llmos.chat_format import assistant_message, render, turn_end_ids
-from llmos.infer.engine import Engine, SamplingConfig
+from llmos.checkpoint import load_model
+from llmos.common import arg, write_json
+from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
+from llmos.tokenizer import Tokenizer
+
+
+@dataclass
+class EvalConfig:
+    model_dir: str = arg("", "the model directory to evaluate", positional=True)
+    tasks: str = arg("", "tasks, comma-separated (default: the chat tasks); e.g. docs")
+    n: int = arg(50, "held-out questions per task", lo=1)
+    dtype: str = arg("auto", DTYPE_HELP, choices=["auto", *DTYPES])
 
 
 def evaluate(engine: Engine, names: list[str] | None = None, n: int = 50, progress=None) -> dict:
@@ -21,7 +34,7 @@ def evaluate(engine: Engine, names: list[str] | None = None, n: int = 50, progre
         s = SamplingConfig(temperature=0, max_new_tokens=tasks.max_new_tokens(task))
         for rec in tasks.generate(task, n, split="eval"):
             msgs = rec["messages"][:1]
-            reply = assistant_turn(engine, msgs, s, max_calls=2)
+            reply = assistant_turn(engine, msgs, s, tools=tasks.tools_for(rec), max_calls=2)
             text = reply[-1]["content"]
             calls = [m["tool_calls"][0]["function"] for m in reply if m.get("tool_calls")]
             example = {"question": msgs[0]["content"], "reply": text, "tool_calls": calls}
@@ -84,3 +97,21 @@ def heldout(model, tok, task: str, n: int, k: int, temperature: float = 1.0, see
     engine = Engine(model, tok, dtype="fp32")
     greedy = {f"val_{g}": r["accuracy"] for g, r in evaluate(engine, [task], n).items()}
     return greedy | sampled_accuracy(engine, task, n, k, temperature, seed)
+
+
+def eval_command(c: EvalConfig, out: str | Path) -> dict:
+    """`llmos eval`: greedy accuracy on held-out questions, tools on; `out`/eval.json keeps
+    every question, reply and call."""
+    from tqdm import tqdm
+
+    names = [t.strip() for t in c.tasks.split(",") if t.strip()] or None
+    for t in names or []:
+        tasks.generate(t, 1, split="eval")  # an unknown task fails here, naming the known ones
+    engine = Engine(load_model(c.model_dir), Tokenizer.load(c.model_dir), c.dtype)
+    bar = tqdm(total=c.n * len(names or tasks.CHAT_TASKS), desc="eval", unit="q")
+    result = evaluate(engine, names, c.n, progress=lambda _: bar.update())
+    bar.close()
+    write_json(Path(out) / "eval.json", {"model": c.model_dir, **result})
+    for group, r in result.items():
+        print(f"{group:24s} {r['accuracy']:6.1%}  (n {r['n']})")
+    return result

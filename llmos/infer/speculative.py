@@ -126,9 +126,11 @@ class Speculative:
         s: SamplingConfig,
         stop_ids: frozenset[int] | set[int] | None = None,
         hidden: frozenset[int] = frozenset(),
+        bias: dict[int, float] | None = None,
     ) -> Iterator[tuple[int, str, bool]]:
         """Yield (token id, new text, finished by a stop), as Engine.stream does for one row
-        (`hidden`: tokens that add no text, as the server's special tokens)."""
+        (`hidden`: tokens that add no text, as the server's special tokens; `bias`: OpenAI's
+        logit_bias, added to the target's logits, so a banned token is never accepted)."""
         if s.repetition_penalty != 1.0:
             raise SpeculativeError("speculative decoding does not do repetition_penalty")
         if not prompt:
@@ -150,6 +152,9 @@ class Speculative:
             guesses, q = self.draft.propose(ids, k, s) if k > 0 else ([], None)
             base = cache.pos
             logits = target(torch.tensor([[ids[-1], *guesses]]), cache=cache)[0]
+            if bias:  # not in place: the decoder's output is an inference-mode tensor
+                logits = logits.index_add(1, torch.tensor(list(bias)), torch.tensor(
+                    [list(bias.values())] * logits.shape[0], dtype=logits.dtype))  # fmt: skip
             self.passes += 1
             p = _dist(logits, s)  # (len(guesses) + 1, V): p[i] judges guess i
             new = []

@@ -221,8 +221,9 @@ class Served:
             self.inbox = Inbox(asyncio.get_running_loop())
         inbox, q = self.inbox, asyncio.Queue()
         deadline = time.monotonic() + self.c.request_timeout
-        if self.spec and n == 1 and len(prompts) == 1 and not bias:
-            return q, [self._speculate(prompts[0], s, lambda *ev: inbox.put(q, (0, *ev)), deadline)]
+        if self.spec and n == 1 and len(prompts) == 1:
+            emit = lambda *ev: inbox.put(q, (0, *ev))  # noqa: E731
+            return q, [self._speculate(prompts[0], s, emit, deadline, bias)]
         gens: list[Generation] = []
         try:
             for p_i, prompt in enumerate(prompts):
@@ -244,7 +245,7 @@ class Served:
             ) from None
         return q, gens
 
-    def _speculate(self, prompt: list[int], s: SamplingConfig, emit, deadline: float):
+    def _speculate(self, prompt: list[int], s: SamplingConfig, emit, deadline: float, bias):
         """One generation by speculative decoding, on a thread; emits as the batcher does."""
         g = Generation(prompt, s, emit, self.stop_ids, self.hidden, {}, deadline)
 
@@ -252,7 +253,8 @@ class Served:
             finish = "length"
             try:
                 with self.spec_lock:
-                    for t, text, stopped in self.spec.stream(prompt, s, self.stop_ids, self.hidden):
+                    stream = self.spec.stream(prompt, s, self.stop_ids, self.hidden, bias)
+                    for t, text, stopped in stream:
                         if g.cancelled:
                             return
                         if stopped:

@@ -24,6 +24,7 @@ from llmos.tasks import (
     arithmetic,
     chain,
     countdown,
+    docs,
     gym,
     hallucination,
     identity,
@@ -40,9 +41,10 @@ CHAT_TASKS = {
     "hallucination": hallucination,
 }
 # Every task, for fine-tuning data; the agent's is evaluated by `llmos agent --eval`, the
-# reasoning tasks (a worked solution, then the answer) by `llmos think` and `llmos rl`. Besides
-# these, `gym:NAME` is any of reasoning-gym's datasets (tasks/gym.py).
-TASKS = CHAT_TASKS | {"agent": agent, "chain": chain, "countdown": countdown}
+# reasoning tasks (a worked solution, then the answer) by `llmos think` and `llmos rl`, `docs`
+# (questions answered through the files tool, with citations) by `llmos eval --tasks docs`.
+# Besides these, `gym:NAME` is any of reasoning-gym's datasets (tasks/gym.py).
+TASKS = CHAT_TASKS | {"agent": agent, "chain": chain, "countdown": countdown, "docs": docs}
 # Comparisons a task makes (TRL's preference records) for reward models and DPO.
 PREFERENCES = {"hallucination": hallucination.preferences}
 # A record's "task" is one of its task's groups (arithmetic-direct, knowledge-reverse, ...).
@@ -60,6 +62,13 @@ def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dic
     if task not in TASKS:
         raise CorpusError(f"no task {task!r}; tasks: {', '.join(TASKS)}, gym:NAME")
     return TASKS[task].generate(n, seed, split)
+
+
+def tools_for(rec: dict) -> dict | None:
+    """The tools a record's question is asked with: its task's own (`tools_for(rec)`, bound to
+    the record: the docs task's files over its folder), else None (the chat's default set)."""
+    mod = TASKS.get(rec["task"]) or GROUPS.get(rec["task"])
+    return mod.tools_for(rec) if hasattr(mod, "tools_for") else None
 
 
 def max_new_tokens(task: str) -> int:
