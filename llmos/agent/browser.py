@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from llmos.agent.tools import function_schema
 from llmos.common import LlmosError, arg
 from llmos.data.encyclopedia import encyclopedia, made_up_word
 
@@ -226,31 +227,19 @@ class Site:
                 return f"error: {e}"
 
         return {
-            "search": {"fn": search, "schema": _schema("search", "Search the web.", "query")},
+            "search": {
+                "fn": search,
+                "schema": function_schema("search", "Search the web.", "query"),
+            },
             "open": {
                 "fn": open_,
-                "schema": _schema("open", "Open a URL and read the page.", "url"),
+                "schema": function_schema("open", "Open a URL and read the page.", "url"),
             },
         }
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def _schema(name: str, description: str, param: str) -> dict:
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": description,
-            "parameters": {
-                "type": "object",
-                "properties": {param: {"type": "string"}},
-                "required": [param],
-            },
-        },
-    }
 
 
 def _snippet(text: str, query: str, width: int = 200) -> str:

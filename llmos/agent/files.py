@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from llmos.agent.browser import visible_text
+from llmos.agent.tools import function_schema
 from llmos.common import LlmosError, arg, atomic_write, write_json, write_jsonl
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".html", ".htm", ".pdf", ".py", ".c", ".h", ".cc",
@@ -237,19 +238,12 @@ class Index:
                 return f"no passages match {q[:100]!r}"
             return "\n\n".join(f"[{h['cite']}]\n{h['text'].strip()[:chars]}" for h in hits)
 
-        schema = {
-            "type": "function",
-            "function": {
-                "name": "files",
-                "description": "Search the user's indexed files. Each passage starts with its "
-                "citation in brackets; cite it in the answer.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"query": {"type": "string"}},
-                    "required": ["query"],
-                },
-            },
-        }
+        schema = function_schema(
+            "files",
+            "Search the user's indexed files. Each passage starts with its citation in "
+            "brackets; cite it in the answer.",
+            "query",
+        )
         return {"files": {"fn": files, "schema": schema, "privilege": "read"}}
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 
-from llmos.agent.tools import ToolError
+from llmos.agent.tools import ToolError, function_schema
 from llmos.chat_format import fit_to_context
 from llmos.data.store import Store
 
@@ -73,36 +73,22 @@ def memory_tools(store: Store) -> dict:
             raise ToolError('forget: "id" must be the number of a memory (from recall)')
         return f"forgot memory {mid}" if store.forget(mid) else f"no memory {mid}"
 
-    def schema(name: str, description: str, param: str, kind: str = "string") -> dict:
-        return {
-            "type": "function",
-            "function": {
-                "name": name,
-                "description": description,
-                "parameters": {
-                    "type": "object",
-                    "properties": {param: {"type": kind}},
-                    "required": [param],
-                },
-            },
-        }
-
     return {
         "remember": {
             "fn": remember,
             "privilege": "memory",
             "intent": ("remember", "memorize", "memorise", "note that", "keep in mind", "save"),
-            "schema": schema("remember", "Keep a fact in long-term memory.", "text"),
+            "schema": function_schema("remember", "Keep a fact in long-term memory.", "text"),
         },
         "recall": {
             "fn": recall_,
-            "schema": schema("recall", "Search long-term memory.", "query"),
+            "schema": function_schema("recall", "Search long-term memory.", "query"),
         },
         "forget": {
             "fn": forget,
             "privilege": "memory",
             "intent": ("forget", "delete", "remove", "erase"),
-            "schema": schema("forget", "Delete a memory by its number.", "id", "integer"),
+            "schema": function_schema("forget", "Delete a memory by its number.", "id", "integer"),
         },
     }
 

@@ -371,6 +371,22 @@ class Guard:
         return f"error: refused: {name} {what}, and {why}."
 
 
+def function_schema(name: str, description: str, param: str, kind: str = "string") -> dict:
+    """An OpenAI function schema with one required parameter (most tools take one)."""
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {param: {"type": kind}},
+                "required": [param],
+            },
+        },
+    }
+
+
 def send_message_tool(outbox: str | Path) -> dict:
     """`send_message`: a side effect (the security lab's forbidden action): appends the message
     to `outbox` (JSONL), standing in for e-mail or chat."""
