@@ -7,12 +7,14 @@ and the server still answering normally at the end."""
 import json
 import os
 import time
+import urllib.parse
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmos.agent.profiles import Profile, save_profile
 from llmos.serve.api import ServeConfig, create_app
 
 from .conftest import start_server
@@ -85,10 +87,40 @@ completion = st.fixed_dictionaries(
     },
     optional=sampling,
 )
+profile_name = st.sampled_from(["pirate", "helper", "nobody"]) | text
 web_turn = st.fixed_dictionaries(
     {"messages": st.lists(message, max_size=3)},
-    optional={"temperature": edge_float, "top_p": edge_float, "max_tokens": small_int | big_int},
+    optional={
+        "temperature": edge_float,
+        "top_p": edge_float,
+        "max_tokens": small_int | big_int,
+        "profile": profile_name | anything,
+        "custom_instructions": text | anything,
+        "memory": st.booleans() | anything,
+        "conversation": text | anything,
+        "confirm": st.lists(
+            st.fixed_dictionaries({"name": text, "arguments": anything}), max_size=2
+        )
+        | anything,
+    },
 )
+# Profiles and memory (the web chat's LLM OS panels).
+profile_body = st.fixed_dictionaries(
+    {},
+    optional={
+        "description": text | anything,
+        "instructions": text | anything,
+        "knowledge": st.lists(text, max_size=2) | anything,
+        "tools": st.lists(st.sampled_from(["calculator", "files", "nope"]) | text, max_size=3)
+        | anything,
+        "model": text | anything,
+        "sampling": st.dictionaries(
+            st.sampled_from(["temperature", "top_p", "max_tokens"]) | text, number, max_size=3
+        )
+        | anything,
+    },
+)
+memory_body = st.fixed_dictionaries({}, optional={"text": text | anything})
 conversation = st.fixed_dictionaries(
     {},
     optional={
@@ -153,6 +185,16 @@ request = st.one_of(
         conversation.map(json.dumps),
     ),
     st.tuples(st.just("/api/labels"), label.map(json.dumps)),
+    st.tuples(
+        st.sampled_from(["/api/profiles/pirate", "/api/profiles/helper", "/api/profiles/B A D"]),
+        profile_body.map(json.dumps),
+    ),
+    st.tuples(
+        st.just("/api/memory")
+        | (small_int | big_int).map(lambda i: f"/api/memory/{i}")
+        | text.map(lambda t: "/api/memory/" + urllib.parse.quote(t, safe="")),
+        memory_body.map(json.dumps),
+    ),
     st.tuples(st.just("/api/corrections"), correction.map(json.dumps)),
     st.tuples(st.just("/api/label/sample"), label_sample.map(json.dumps)),
     st.tuples(
@@ -169,7 +211,9 @@ request = st.one_of(
 @pytest.fixture(scope="module")
 def fuzzed(assistant, tmp_path_factory):
     _, model_dir = assistant
-    c = ServeConfig(db=str(tmp_path_factory.mktemp("db") / "chats.sqlite"))
+    db = tmp_path_factory.mktemp("db")
+    c = ServeConfig(db=str(db / "chats.sqlite"), profiles=str(db / "profiles"))
+    save_profile(Profile(name="pirate", tools=["calculator"]), c.profiles)
     c.max_batch, c.max_queue, c.context, c.max_tokens, c.max_n = 4, 16, 96, 16, 3
     c.request_timeout = 20.0
     app = create_app(model_dir, c)
@@ -193,7 +237,8 @@ def test_fuzzed_requests_never_break_the_server(fuzzed):
     def one(req, hang_up):
         path, body = req
         body = body.replace("MODEL", name) if isinstance(body, str) else body
-        method = "PUT" if path.startswith("/api/conversations") else "POST"
+        put = ("/api/conversations", "/api/profiles", "/api/memory/")
+        method = "PUT" if path.startswith(put) else "POST"
         seen["requests"] += 1
         # A streaming client that goes away after the first chunk must free its slot too.
         with client.stream(method, path, content=body) as r:

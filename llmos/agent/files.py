@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,12 @@ def embed(texts: list[str], progress: bool = False) -> np.ndarray:
     return np.asarray(v, np.float32)
 
 
+@lru_cache(maxsize=256)
+def _query_vector(query: str) -> np.ndarray:
+    """A query's embedding, kept: dense and hybrid ranking of one query embed it once."""
+    return embed([query])[0]
+
+
 # -- the index -------------------------------------------------------------------------------
 
 
@@ -210,7 +217,7 @@ class Index:
                 if mode == "dense":
                     raise IndexError_("this index has no embeddings (made with --no-dense)")
             else:
-                sims = self.vectors @ embed([query])[0]
+                sims = self.vectors @ _query_vector(query)
                 lists.append(np.argsort(-sims)[:depth].tolist())
         if len(lists) == 1:
             return lists[0]

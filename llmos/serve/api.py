@@ -31,14 +31,14 @@ from fastapi.responses import StreamingResponse
 from llmos import tasks
 from llmos.agent.browser import Site
 from llmos.agent.profiles import NAME as PROFILE_NAME
-from llmos.agent.profiles import Profile, default_dir, list_profiles, load_profile
+from llmos.agent.profiles import Profile, ProfileError, default_dir, list_profiles, load_profile
 from llmos.agent.tools import ToolError, pick_tools
 from llmos.checkpoint import load_model
 from llmos.common import arg, log
 from llmos.data.store import Store, default_path
 from llmos.infer.engine import DTYPE_HELP, DTYPES, Engine, SamplingConfig
 from llmos.infer.speculative import make_speculative
-from llmos.serve.batcher import Batcher, Busy
+from llmos.serve.batcher import Batcher, Busy, Inbox
 from llmos.serve.batcher import Request as Generation
 from llmos.serve.errors import APIError, BearerAuth, add_error_handlers, read_body
 from llmos.serve.label import add_labeling
@@ -50,6 +50,7 @@ from llmos.serve.openai_shapes import (
     chat_prompt,
     sse,
     usage_of,
+    with_profile,
 )
 from llmos.serve.web import add_web_chat
 from llmos.tokenizer import Tokenizer
@@ -102,29 +103,6 @@ MAX_STOP_CHARS = 256
 # -- the model -------------------------------------------------------------------------------
 
 
-class Inbox:
-    """Events from the batcher's thread to the event loop. One decode step makes an event per
-    running request; they are handed over in one loop wakeup, not one each (at 16 streams the
-    wakeups alone cost more than the step)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.lock = loop, threading.Lock()
-        self.pending: list = []
-
-    def put(self, q: asyncio.Queue, event) -> None:
-        with self.lock:
-            self.pending.append((q, event))
-            if len(self.pending) > 1:
-                return  # a delivery is already scheduled
-        self.loop.call_soon_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:
-        with self.lock:
-            items, self.pending = self.pending, []
-        for q, event in items:
-            q.put_nowait(event)
-
-
 class Served:
     """A model directory being served: tokenizer, engine, batcher and the request limits."""
 
@@ -154,10 +132,15 @@ class Served:
         """The profile of that name, read afresh (the web UI may have just edited it)."""
         if not PROFILE_NAME.fullmatch(name) or not (self.profiles_dir / f"{name}.toml").exists():
             return None
-        return load_profile(name, self.profiles_dir)
+        try:
+            return load_profile(name, self.profiles_dir)
+        except ProfileError as e:  # a file the owner broke: say which, and serve the rest
+            raise APIError(400, str(e), param="model") from None
 
-    def check(self, body: Body) -> None:
-        if body.model not in (self.name, str(self.dir)) and not self.profile(body.model):
+    def check(self, body: Body) -> Profile | None:
+        """Refuse an unknown model or too large an n; the profile asked for, if any."""
+        profile = None if body.model in (self.name, str(self.dir)) else self.profile(body.model)
+        if body.model not in (self.name, str(self.dir)) and not profile:
             raise APIError(
                 404,
                 f"The model '{body.model}' does not exist; this server has '{self.name}' "
@@ -167,6 +150,7 @@ class Served:
             )
         if body.n > self.c.max_n:
             raise APIError(400, f"n is {body.n}; at most {self.c.max_n} here.", param="n")
+        return profile
 
     def sampling(self, body: Body, prompt_len: int, max_tokens: int | None) -> SamplingConfig:
         if prompt_len > self.max_prompt:
@@ -357,8 +341,7 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body: ChatBody = await read_body(request, ChatBody)
-        served.check(body)
-        if profile := served.profile(body.model):
+        if profile := served.check(body):
             with_profile(body, profile)
         prompt, forced, banned = chat_prompt(served, body)
         s = served.sampling(body, len(prompt), body.max_completion_tokens or body.max_tokens)
@@ -467,14 +450,6 @@ def create_app(model_dir: str | Path, c: ServeConfig | None = None) -> FastAPI:
     endpoints = [e.strip() for e in c.label_endpoints.split(",") if e.strip()]
     add_labeling(app, store, [r["prompt"] for r in queue], served.name, endpoints)
     return app
-
-
-def with_profile(body: ChatBody, p: Profile) -> None:
-    """A request for a profile: its instructions first, its sampling where the request has none."""
-    body.messages = p.system_message() + body.messages
-    for key, value in p.sampling.items():
-        if key not in body.model_fields_set:
-            setattr(body, key, value)
 
 
 def _profile_card(served: Served, p: Profile) -> dict:

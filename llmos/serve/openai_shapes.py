@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos.agent.profiles import Profile
 from llmos.chat_format import (
     ConversationError,
     ToolCallError,
@@ -173,3 +174,11 @@ def usage_of(prompt_tokens: int, choices) -> dict:
 
 def sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def with_profile(body: ChatBody, p: Profile) -> None:
+    """A request for a profile: its instructions first, its sampling where the request has none."""
+    body.messages = p.system_message() + body.messages
+    for key, value in p.sampling.items():
+        if key not in body.model_fields_set:
+            setattr(body, key, value)

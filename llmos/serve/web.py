@@ -37,8 +37,9 @@ from llmos.agent.profiles import (
     parse_profile,
     save_profile,
 )
-from llmos.agent.tools import Guard, ToolError, pick_tools, send_message_tool
+from llmos.agent.tools import Guard, pick_tools, send_message_tool
 from llmos.chat_format import ConversationError, check_conversation, fit_to_context
+from llmos.common import LlmosError
 from llmos.data.store import Store
 from llmos.infer.engine import SamplingConfig
 from llmos.serve.errors import APIError, read_body
@@ -103,14 +104,15 @@ def add_web_chat(app: FastAPI, store: Store, served, tools: dict, site, files_di
         if profile is None:
             return tools | mem
         extra = {"send_message": send_message_tool(files_dir.parent / "outbox.jsonl")}
-        if profile.knowledge:  # indexed once, and again when the profile file changes
-            mtime = (served.profiles_dir / f"{profile.name}.toml").stat().st_mtime
-            if knowledge.get(profile.name, (None,))[0] != mtime:
-                knowledge[profile.name] = (mtime, knowledge_tools(profile, served.profiles_dir))
-            extra |= knowledge[profile.name][1]
         try:
+            if profile.knowledge:  # indexed once, and again when the profile file changes
+                mtime = (served.profiles_dir / f"{profile.name}.toml").stat().st_mtime
+                if knowledge.get(profile.name, (None,))[0] != mtime:
+                    tool = knowledge_tools(profile, served.profiles_dir)
+                    knowledge[profile.name] = (mtime, tool)
+                extra |= knowledge[profile.name][1]
             return pick_tools(",".join(profile.tools), site, extra) | mem
-        except ToolError as e:
+        except LlmosError as e:  # an unknown tool, a knowledge folder that cannot be indexed
             raise APIError(400, f"profile {profile.name}: {e}", param="profile") from None
 
     def save_files(files: dict[str, bytes]) -> list[dict]:
@@ -274,6 +276,15 @@ def add_web_chat(app: FastAPI, store: Store, served, tools: dict, site, files_di
         if not PROFILE_NAME.fullmatch(name):
             raise APIError(400, "a profile name is 1-64 of a-z 0-9 . _ -", param="name")
         body: ProfileBody = await read_body(request, ProfileBody)
+        # A knowledge folder is readable through the files tool by whoever chats with the
+        # profile: only the server's owner sets one (in the TOML file), never the web page.
+        old = served.profile(name)
+        if body.knowledge != (old.knowledge if old else []):
+            raise APIError(
+                400,
+                "knowledge folders are set in the profile's TOML file on the server",
+                param="knowledge",
+            )
         try:
             p = parse_profile({"name": name, **body.model_dump()}, f"profile {name}")
             save_profile(p, served.profiles_dir)
@@ -301,12 +312,12 @@ def add_web_chat(app: FastAPI, store: Store, served, tools: dict, site, files_di
     @app.put("/api/memory/{mid}")
     async def edit_memory(mid: int, request: Request):
         body: MemoryBody = await read_body(request, MemoryBody)
-        if not store.edit_memory(mid, body.text):
+        if not 0 < mid < 2**63 or not store.edit_memory(mid, body.text):  # SQLite's integers
             raise APIError(404, f"no memory {mid}", code="not_found")
         return {"id": mid, "text": body.text}
 
     @app.delete("/api/memory/{mid}")
     async def delete_memory(mid: int):
-        if not store.forget(mid):
+        if not 0 < mid < 2**63 or not store.forget(mid):
             raise APIError(404, f"no memory {mid}", code="not_found")
         return {"id": mid, "deleted": True}
