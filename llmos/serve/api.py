@@ -234,23 +234,27 @@ class Served:
         g = Generation(prompt, s, emit, self.stop_ids, self.hidden, {}, deadline)
 
         def work() -> None:
-            finish = "length"
+            # As the batcher: each token is one event, the last carries the finish reason.
+            n = 0
             try:
                 with self.spec_lock:
                     stream = self.spec.stream(prompt, s, self.stop_ids, self.hidden, bias)
                     for t, text, stopped in stream:
                         if g.cancelled:
                             return
-                        if stopped:
-                            finish = "stop"
-                            break
-                        emit(t, text, None)
-                        if time.monotonic() > deadline:
-                            break
+                        n += 1
+                        late = time.monotonic() > deadline
+                        finish = "stop" if stopped else None
+                        if not stopped and (n >= s.max_new_tokens or late):
+                            finish = "length"
+                        emit(t, text, finish)
+                        if finish:
+                            return
             except Exception as e:  # the request ends with an error; the server goes on
                 log.warning("speculative decoding failed: %s", e)
-                finish = "error"
-            emit(None, "", finish)
+                emit(None, "internal error: speculative decoding failed", "error")
+                return
+            emit(None, "", "length")
 
         threading.Thread(target=work, name="llmos-speculative", daemon=True).start()
         return g
