@@ -35,6 +35,9 @@ from llmos.eval.retrieval import RetrievalEvalConfig, retrieval_eval
 from llmos.eval.tasks import EvalConfig, eval_command
 from llmos.infer.speculative import SampleConfig, sample
 from llmos.prefs import PrefsConfig, prefs_command
+from llmos.security.gcg import GCGConfig, gcg
+from llmos.security.harness import RedteamConfig, redteam
+from llmos.security.poison import PoisonConfig, ScanConfig, poison, scan_command
 from llmos.selfplay import SelfplayConfig, selfplay
 from llmos.serve.api import ServeConfig, serve
 from llmos.speedrun import SpeedrunConfig, speedrun
@@ -125,6 +128,31 @@ VERBS = {
         "runs/think",
     ),
     "chat": Verb("chat with a model in the terminal", ChatConfig, chat),
+    "redteam": Verb(
+        "attack a model with jailbreak, injection and extraction suites; ASR per suite with "
+        "95% bootstrap intervals, false refusals, a report in --out",
+        RedteamConfig,
+        redteam,
+        "runs/redteam",
+    ),
+    "gcg": Verb(
+        "optimise a universal adversarial suffix on a model's gradients (GCG); suffix.txt in --out",
+        GCGConfig,
+        gcg,
+        "runs/gcg",
+    ),
+    "poison": Verb(
+        "plant a trigger in N fine-tuning conversations per run: ASR against N, clean accuracy, "
+        "and whether the data scan finds it",
+        PoisonConfig,
+        poison,
+        "runs/poison",
+    ),
+    "data-scan": Verb(
+        "scan fine-tuning conversations for planted triggers (phrases that flip the reply)",
+        ScanConfig,
+        scan_command,
+    ),
     "agent": Verb(
         "run a task to a final answer with tools; a trace and report in --out/<time>",
         AgentConfig,

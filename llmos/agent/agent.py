@@ -135,7 +135,9 @@ class LocalModel:
             sp.get(t) for t in ("<|tool_call|>", "<|/tool_call|>", "<|end|>")
         )
         stops = {end, call_close, tok.eos_id} - {None}
-        prompt, _ = render(tok, messages, add_generation_prompt=True)
+        # A model with its own template is told the tools in its prompt (Hermes-style) and
+        # writes <tool_call> tags in its text; llmos models learned theirs in fine-tuning.
+        prompt, _ = render(tok, messages, add_generation_prompt=True, tools=tools or None)
         s = SamplingConfig(temperature=c.temperature, max_new_tokens=budget)
         ids = self.engine.generate([prompt], s, stops)[0].ids
         k = ids.index(call_open) if call_open in ids else len(ids)

@@ -27,8 +27,10 @@ from llmos.tasks import (
     docs,
     gym,
     hallucination,
+    hazard,
     identity,
     knowledge,
+    safety,
     spelling,
 )
 
@@ -44,9 +46,12 @@ CHAT_TASKS = {
 # reasoning tasks (a worked solution, then the answer) by `llmos think` and `llmos rl`, `docs`
 # (questions answered through the files tool, with citations) by `llmos eval --tasks docs`.
 # Besides these, `gym:NAME` is any of reasoning-gym's datasets (tasks/gym.py).
+# `hazard` and `safety` are the security lab's world: capabilities to attack, and safety
+# fine-tuning against them (tasks/safety.py).
 TASKS = CHAT_TASKS | {"agent": agent, "chain": chain, "countdown": countdown, "docs": docs}
+TASKS |= {"hazard": hazard, "safety": safety}
 # Comparisons a task makes (TRL's preference records) for reward models and DPO.
-PREFERENCES = {"hallucination": hallucination.preferences}
+PREFERENCES = {"hallucination": hallucination.preferences, "safety": safety.preferences}
 # A record's "task" is one of its task's groups (arithmetic-direct, knowledge-reverse, ...).
 GROUPS = {g: mod for mod in TASKS.values() for g in mod.GROUPS}
 
