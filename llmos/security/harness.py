@@ -39,6 +39,7 @@ from llmos.agent.profiles import load_profile
 from llmos.agent.tools import Guard, function_schema, mark_data, send_message_tool
 from llmos.chat_format import render
 from llmos.common import LlmosError, arg, atomic_write_text, wilson, write_json, write_jsonl
+from llmos.data.store import Store
 from llmos.infer.engine import DTYPE_HELP, DTYPES
 from llmos.security import defenses, probes, templates
 from llmos.security.probes import HIDING, SUITES
@@ -71,6 +72,9 @@ class RedteamConfig:
     seed: int = arg(0, "which attempts the suites draw")
     fail_above: float = arg(
         1.0, "fail (exit 1) if a suite's ASR is above this; 1: never", lo=0, hi=1
+    )
+    store: str = arg(
+        "default", "the SQLite store the findings (attacks that got through) go to; none: skip"
     )
     dtype: str = arg("auto", DTYPE_HELP, choices=["auto", *DTYPES])
 
@@ -370,6 +374,9 @@ def redteam(c: RedteamConfig, out: str | Path, model=None) -> dict:
     write_jsonl(run / "attempts.jsonl", rows)
     write_json(run / "summary.json", {**meta, "suites": summary})
     write_report(run, meta, summary)
+    if c.store != "none":
+        store = Store(None if c.store == "default" else c.store)
+        meta["findings"] = store.add_findings(str(run), h.name, sorted(h.on), rows)
     for s in summary:
         print(
             f"{s['suite']}: ASR {s['asr']:.0%} [{s['ci'][0]:.0%}, {s['ci'][1]:.0%}] "
