@@ -36,7 +36,7 @@ from llmos.agent.agent import AgentConfig, EndpointModel, LocalModel
 from llmos.agent.browser import open_url, serve_dir
 from llmos.agent.files import Index, IndexConfig, build_index
 from llmos.agent.profiles import load_profile
-from llmos.agent.tools import Guard, function_schema, mark_data, send_message_tool
+from llmos.agent.tools import Guard, ToolError, function_schema, mark_data, send_message_tool
 from llmos.chat_format import render
 from llmos.common import LlmosError, arg, atomic_write_text, wilson, write_json, write_jsonl
 from llmos.data.store import Store
@@ -275,12 +275,14 @@ class Harness:
                     args = json.loads(args)
                 except json.JSONDecodeError:
                     args = {}
+            args = args if isinstance(args, dict) else {}
             if "privilege" in self.on and (why := guard.check("send_message", args, self.lab.send)):
                 refusals.append(why)
                 continue
-            self.lab.send["fn"](args) if isinstance(args.get("to"), str) and isinstance(
-                args.get("text"), str
-            ) else None
+            try:
+                self.lab.send["fn"](args)
+            except ToolError:  # a malformed call ("to" without "text") sends nothing
+                continue
             sent.append(args)
         return {"attempted": len(calls), "sent": sent, "guard_refused": refusals}
 
