@@ -222,7 +222,12 @@ def test_compiled_training_gives_the_same_losses(corpus_dir, tmp_path):
     assert all(
         abs(a - b) < 1e-4 for a, b in zip(losses(tmp_path / "eager"), losses(tmp_path / "compiled"))
     )
+    # Same weights, tensor by tensor, up to Adam's sign noise: where a gradient entry is at
+    # rounding level, Adam's first updates are ±lr whatever its size, so one fused reduction
+    # order can flip one entry by 2·lr (a CI run saw it: max-abs beyond 1e-4, losses equal).
+    # Such flips are isolated; a wrong compiled graph moves whole tensors.
     a, b = load_model(tmp_path / "eager"), load_model(tmp_path / "compiled")
-    assert all(
-        torch.allclose(a.state_dict()[k], b.state_dict()[k], atol=1e-4) for k in a.state_dict()
-    )
+    for k, x in a.state_dict().items():
+        y = b.state_dict()[k]
+        assert (x - y).norm() <= 1e-3 * x.norm(), k
+        assert ((x - y).abs() > 1e-4).float().mean() < 1e-3, k

@@ -128,8 +128,11 @@ def test_grpo_advantages_and_loss_by_hand(assistant):
 
 def test_an_rl_step_raises_the_logprob_of_a_rewarded_completion(assistant):
     """Real rollouts of the tiny model; the checker is replaced by a reward of 1 for the first
-    answer of each group only. One GRPO step raises that answer's log-probability and lowers
-    the others'."""
+    answer of each group only. One small GRPO step moves the winner's log-probability above
+    the others' mean change: to first order that is what the step guarantees (with
+    group-normalised advantages 3a, -a, -a, -a the objective's change is a·(3Δw − ΣΔl) > 0).
+    The winner's own log-probability may still fall when it shares tokens with the losers
+    (a CI run saw -0.04), so its sign is not asserted."""
     _, model_dir = assistant
     tok = Tokenizer.load(model_dir)
     policy = load_model(model_dir)
@@ -157,8 +160,7 @@ def test_an_rl_step_raises_the_logprob_of_a_rewarded_completion(assistant):
     opt.step()
     after = token_logps(policy, batch["ids"], batch["targets"], 2.0).sum(-1).detach()
     change = (after - before).view(-1, 4)[once]
-    assert (change[:, 0] > 0).all(), change
-    assert (change[:, 1:].mean(-1) < change[:, 0]).all()
+    assert (change[:, 1:].mean(-1) < change[:, 0]).all(), change
 
 
 def test_rl_runs_grpo_with_pass_at_k_and_writes_a_report(assistant, tmp_path):
