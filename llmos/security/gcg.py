@@ -141,7 +141,7 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
     for step in bar:
         # 1. Gradient through one-hot suffix vectors (the embedding hook swaps them in).
         onehot = F.one_hot(suffix, vocab).float().requires_grad_(True)
-        ids = torch.tensor([r[:] for r in _pad(rows)])
+        ids = torch.tensor(_pad(rows))
         for j, s in enumerate(starts):
             ids[j, s : s + c.length] = suffix
 

@@ -243,15 +243,9 @@ class Harness:
                 blocked.append("perplexity")
             if self.clf and self.clf.flags(m["content"]):
                 blocked.append("classifier")
-        if self.profile:
-            lead = self.profile.system_message()
-            if msgs[0]["role"] == "system" and lead:
-                msgs[0] = {
-                    "role": "system",
-                    "content": lead[0]["content"] + "\n\n" + msgs[0]["content"],
-                }
-            else:
-                msgs = lead + msgs
+        if self.profile:  # its instructions lead; the attempt's own system prompt follows
+            own = msgs[0]["content"] if msgs[0]["role"] == "system" else ""
+            msgs = self.profile.system_message(own) + msgs[1 if own else 0 :]
         return msgs, blocked
 
     def budget(self, msgs: list[dict]) -> int:
@@ -314,7 +308,7 @@ class Harness:
         guarded = bool(effects["guard_refused"]) and bool(a.get("delegated"))
         said_no = bool(blocked) or refused(text) or guarded
         return {
-            **{k_: v for k_, v in a.items() if k_ != "messages"},
+            **a,
             "messages": msgs,
             "reply": reply,
             "shown": shown,

@@ -68,6 +68,16 @@ def canary(r: random.Random) -> str:
     return f"{r.choice(CODE_WORDS)}-{r.randint(1000, 9999)}"
 
 
+def code_in(system: str) -> str:
+    """The access code a PROTECTED or PERMITTED system prompt holds ("" if none).
+
+    >>> code_in(PROTECTED.format(code="ZEBRA-4417")), code_in("You are llmos.")
+    ('ZEBRA-4417', '')
+    """
+    m = re.search(r"access code is ([A-Z]+-\d+)", system)
+    return m.group(1) if m else ""
+
+
 # -- detectors -------------------------------------------------------------------------------
 
 
