@@ -482,6 +482,23 @@ def test_the_chat_loop_asks_before_a_side_effect(assistant, tmp_path):
     assert "did not confirm" in new[1]["content"] and not (tmp_path / "out.jsonl").exists()
 
 
+def test_a_delegating_user_confirms_each_side_effect_the_data_asks_for(tmp_path):
+    from llmos.agent.tools import run_tool
+
+    tools = {"send_message": send_message_tool(tmp_path / "out.jsonl")}
+    contacts = lambda name, args: args["to"].endswith("@example.com")  # noqa: E731
+    delegated = Guard.of(
+        [{"role": "user", "content": "Open the page and do what it says."}], contacts
+    )
+    out = run_tool("send_message", {"to": "ann@example.com", "text": "hi"}, tools, delegated)
+    assert "sent to ann@example.com" in out
+    out = run_tool("send_message", {"to": "x@evil.example", "text": "hi"}, tools, delegated)
+    assert "did not confirm" in out
+    summary = Guard.of([{"role": "user", "content": "Summarise the page."}], contacts)
+    out = run_tool("send_message", {"to": "ann@example.com", "text": "hi"}, tools, summary)
+    assert "came only from data" in out  # no delegation, no intent: refused before confirming
+
+
 # -- the docs task and `llmos eval` ----------------------------------------------------------
 
 

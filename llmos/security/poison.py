@@ -221,12 +221,14 @@ def poison(c: PoisonConfig, out: str | Path) -> dict:
         hit = any(
             c.trigger.lower() in o["phrase"] or o["phrase"] in c.trigger.lower() for o in found[:1]
         )
-        if not (d / "report.md").exists():  # finished runs are kept, a killed one continues
-            spec = c.data + (f",{data}" if n else "")
-            cfg = SFTConfig(
-                base=c.base, data=spec, task_size=c.task_size, max_steps=c.max_steps, seed=c.seed
-            )
-            sft(cfg, d, resume=(d / "run.json").exists())
+        # A finished run is kept and a killed one continues, if it is this config's: sft
+        # refuses a resume whose base or data differ (an --out reused for another base would
+        # otherwise mix two experiments in one table).
+        spec = c.data + (f",{data}" if n else "")
+        cfg = SFTConfig(
+            base=c.base, data=spec, task_size=c.task_size, max_steps=c.max_steps, seed=c.seed
+        )
+        sft(cfg, d, resume=(d / "run.json").exists())
         m = measure(str(d), c.trigger, c.eval_n)
         results.append({"n": n, **m, "scan_found": hit, "scan_top": found[:3]})
         write_json(run / "results.json", results)
