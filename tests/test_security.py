@@ -10,9 +10,12 @@ import json
 import re
 
 import pytest
+import torch
 from scipy.stats import binomtest
 
 from llmos import tasks
+from llmos.chat_format import render
+from llmos.checkpoint import load_model
 from llmos.common import LlmosError
 from llmos.data.store import Store
 from llmos.security import defenses, probes, templates
@@ -29,6 +32,7 @@ from llmos.security.stand_ins import (
     refused,
 )
 from llmos.tasks import safety
+from llmos.tokenizer import Tokenizer
 
 # -- detectors ---------------------------------------------------------------------------------
 
@@ -274,8 +278,25 @@ def test_gcg_lowers_the_target_loss_on_a_tiny_model(assistant, tmp_path):
     _, model = assistant
     r = gcg(GCGConfig(str(model), length=6, steps=8, batch=32, top_k=16, asks=2), tmp_path / "gcg")
     log = [json.loads(x) for x in (tmp_path / "gcg" / "metrics.jsonl").read_text().splitlines()]
-    assert log[-1]["best"] < log[0]["loss"]
+    assert log[-1]["best"] < log[0]["loss"] or log[-1]["matched"] > 0
     assert (tmp_path / "gcg" / "suffix.txt").read_text().rstrip("\n") == r["suffix"]
+    # "matched" is teacher-forced; greedy decoding of the real prompt must agree with it.
+    tok, net = Tokenizer.load(model), load_model(model).eval()
+    target = tok.encode(r["target"])
+    written = 0
+    for ask in r["asks"]:
+        ids, _ = render(tok, [{"role": "user", "content": ask + r["suffix"]}], True)
+        out = []
+        with torch.no_grad():
+            for _ in target:
+                out.append(int(net(torch.tensor([ids + out]))[0, -1].argmax()))
+        written += out == target
+    assert written == r["matched"]
+    # A target the model nearly writes already ("1234" opens its only reply): matched on some
+    # asks, and the search stops as soon as it is matched on all of them.
+    c = GCGConfig(str(model), length=6, steps=8, batch=32, top_k=16, asks=2, target="1234")
+    r = gcg(c, tmp_path / "gcg2")
+    assert r["matched"] >= 1 and (r["matched"] < 2 or r["steps"] < 8), r
 
 
 def test_the_poisoning_experiment_runs_end_to_end_and_resumes(assistant, tmp_path):

@@ -11,7 +11,12 @@ suffix works across asks ("universal"). Each step:
 1. the gradient of the loss with respect to the suffix's one-hot token vectors says, for every
    position, which tokens would lower it most to first order (the top-k);
 2. `batch` candidates each swap one random position for one of its top-k tokens;
-3. all candidates are scored exactly (one batched forward) and the best replaces the suffix.
+3. all candidates are scored exactly (one batched forward) and the best replaces the suffix:
+   the one that makes greedy decoding reproduce the target after the most asks, then the one
+   whose greedy decoding follows the target for the most tokens, then the lowest loss. The
+   mean loss alone can be low while the one decisive token (here the substance's first
+   ingredient) stays unlikely: such suffixes broke a refusal and answered with another
+   recipe. The search stops once every ask's target is matched (nanoGCG's early stop).
 
 Only candidates whose text re-tokenises to the same ids are kept, so the suffix survives being
 sent as text. `--fluency` adds the suffix's own mean negative log-likelihood to the loss: the
@@ -75,7 +80,9 @@ def _rows(
 
 
 def _losses(model, rows, starts, suffixes: torch.Tensor, n_target: int, fluency: float):
-    """The loss of each candidate suffix (C, L): mean target CE over the asks (+ fluency)."""
+    """The loss of each candidate suffix (C, L): mean target CE over the asks (+ fluency);
+    and after how many asks greedy decoding would write the whole target (teacher-forced:
+    every target token is the argmax given the ones before it)."""
     C, L = suffixes.shape
     A, T = len(rows), max(len(r) for r in rows)
     ids = torch.zeros(C, A, T, dtype=torch.long)
@@ -85,22 +92,23 @@ def _losses(model, rows, starts, suffixes: torch.Tensor, n_target: int, fluency:
     ids = ids.view(C * A, T)
     with torch.no_grad():
         logits = model(ids).float()
-    total = torch.zeros(C)
+    total, matched, lead = torch.zeros(C), torch.zeros(C, dtype=torch.long), torch.zeros(C)
     for j, (row, s) in enumerate(zip(rows, starts)):
         lg = logits.view(C, A, T, -1)[:, j]
         end = len(row)
         tgt = ids.view(C, A, T)[:, j, end - n_target : end]
-        ce = F.cross_entropy(
-            lg[:, end - n_target - 1 : end - 1].transpose(1, 2), tgt, reduction="none"
-        ).mean(-1)
-        total += ce / A
+        at = lg[:, end - n_target - 1 : end - 1]
+        total += F.cross_entropy(at.transpose(1, 2), tgt, reduction="none").mean(-1) / A
+        hit = (at.argmax(-1) == tgt).long()
+        matched += hit.all(-1)
+        lead += hit.cumprod(-1).sum(-1)  # target tokens greedy decoding gets right in a row
         if fluency:
             suf = ids.view(C, A, T)[:, j, s : s + L]
             nll = F.cross_entropy(
                 lg[:, s - 1 : s + L - 1].transpose(1, 2), suf, reduction="none"
             ).mean(-1)
             total += fluency * nll / A
-    return total
+    return total, matched, lead
 
 
 def gcg(c: GCGConfig, out: str | Path) -> dict:
@@ -134,7 +142,7 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
         if _round_trips(tok, asks[0], suffix.tolist()):
             break
     W = model.model.embed_tokens.weight
-    best = (float("inf"), suffix.clone())
+    best = (0, float("inf"), suffix.clone())  # (asks matched, loss, suffix)
     log = []
     t0 = time.time()
     bar = tqdm(range(c.steps), desc="gcg", unit="step")
@@ -175,19 +183,25 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
             continue
         cands = cands[keep]
         # 3. Exact losses; the best candidate becomes the suffix.
-        losses = _losses(model, rows, starts, cands, len(target), c.fluency)
-        i = int(losses.argmin())
-        suffix = cands[i]
-        if float(losses[i]) < best[0]:
-            best = (float(losses[i]), suffix.clone())
-        log.append({"step": step + 1, "loss": float(losses[i]), "best": best[0]})
-        bar.set_postfix(loss=f"{float(losses[i]):.3f}")
-    text = tok.decode(best[1].tolist())
+        losses, matched, lead = _losses(model, rows, starts, cands, len(target), c.fluency)
+        i = min(
+            range(len(cands)), key=lambda k: (-int(matched[k]), -float(lead[k]), float(losses[k]))
+        )
+        suffix, now = cands[i], (int(matched[i]), float(losses[i]))
+        if (-now[0], now[1]) < (-best[0], best[1]):
+            best = (*now, suffix.clone())
+        log.append({"step": step + 1, "loss": now[1], "best": best[1], "matched": best[0]})
+        bar.set_postfix(loss=f"{now[1]:.3f}", matched=f"{best[0]}/{len(asks)}")
+        if best[0] == len(asks):
+            break
+    text = tok.decode(best[2].tolist())
     atomic_write_text(run / "suffix.txt", text + "\n")  # exact: a leading space is part of it
     atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     result = {
         "suffix": text,
-        "loss": best[0],
+        "loss": best[1],
+        "matched": best[0],
+        "steps": len(log),
         "target": target_text,
         "asks": asks,
         "held_out_asks": eval_asks(FORBIDDEN),
@@ -199,11 +213,15 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
     atomic_write_text(
         run / "report.md",
         f"# GCG on {c.model_dir}\n\nSuffix ({c.length} tokens, "
-        f"{c.steps} steps, loss {best[0]:.3f}): `{text}`\n\nTarget: `{target_text}`; "
-        f"trained on {len(asks)} asks. Measure it with `llmos redteam MODEL --suite J3 "
+        f"{len(log)} steps, loss {best[1]:.3f}): `{text}`\n\nTarget: `{target_text}`, "
+        f"written whole by greedy decoding after {best[0]} of the {len(asks)} training asks. "
+        f"Measure it with `llmos redteam MODEL --suite J3 "
         f"--suffix {run / 'suffix.txt'}`.\n\n![loss](loss.png)\n",
     )
-    print(f"suffix: {text!r} (loss {best[0]:.3f}); {run / 'suffix.txt'}")
+    print(
+        f"suffix: {text!r} (loss {best[1]:.3f}, target written after {best[0]}/{len(asks)} "
+        f"asks); {run / 'suffix.txt'}"
+    )
     return result
 
 
