@@ -34,6 +34,10 @@ class LlmosError(Exception):
 # -- files ------------------------------------------------------------------------------------
 
 
+UMASK = os.umask(0)  # read once, at import: setting it later would race other threads
+os.umask(UMASK)
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp) on a temporary file beside `path`, fsync it, then rename it over `path`.
 
@@ -44,6 +48,9 @@ def atomic_write(path: str | Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp makes the file 0600; give it the mode open() would have (0666 less the umask),
+    # so a report or model file is as readable as any other file the user writes.
+    os.chmod(tmp, 0o666 & ~UMASK)
     try:
         write(tmp)
         with open(tmp, "rb") as f:

@@ -79,3 +79,12 @@ def test_killed_during_write_keeps_previous_checkpoint(model_dir, tok, monkeypat
     after = load_model(model_dir).state_dict()["model.norm.weight"]
     assert torch.equal(before, after)
     assert not list(model_dir.glob(".*.tmp"))
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    from llmos.common import atomic_write_text
+
+    (tmp_path / "plain.md").write_text("x")  # open(): 0666 less the umask
+    atomic_write_text(tmp_path / "report.md", "x")  # mkstemp alone would leave 0600
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "report.md") == mode(tmp_path / "plain.md")
