@@ -142,7 +142,9 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
         if _round_trips(tok, asks[0], suffix.tolist()):
             break
     W = model.model.embed_tokens.weight
-    best = (0, float("inf"), suffix.clone())  # (asks matched, loss, suffix)
+    # The best suffix so far by the key that picks each step's candidate: asks fully matched,
+    # then target tokens right in a row, then loss (a lower loss alone can match fewer asks).
+    best_key, best = (0, 0.0, float("inf")), suffix.clone()
     log = []
     t0 = time.time()
     bar = tqdm(range(c.steps), desc="gcg", unit="step")
@@ -184,23 +186,23 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
         cands = cands[keep]
         # 3. Exact losses; the best candidate becomes the suffix.
         losses, matched, lead = _losses(model, rows, starts, cands, len(target), c.fluency)
-        i = min(
-            range(len(cands)), key=lambda k: (-int(matched[k]), -float(lead[k]), float(losses[k]))
-        )
-        suffix, now = cands[i], (int(matched[i]), float(losses[i]))
-        if (-now[0], now[1]) < (-best[0], best[1]):
-            best = (*now, suffix.clone())
-        log.append({"step": step + 1, "loss": now[1], "best": best[1], "matched": best[0]})
-        bar.set_postfix(loss=f"{now[1]:.3f}", matched=f"{best[0]}/{len(asks)}")
-        if best[0] == len(asks):
+        keys = [(int(matched[k]), float(lead[k]), float(losses[k])) for k in range(len(cands))]
+        i = min(range(len(cands)), key=lambda k: (-keys[k][0], -keys[k][1], keys[k][2]))
+        suffix, now = cands[i], keys[i]
+        if (-now[0], -now[1], now[2]) < (-best_key[0], -best_key[1], best_key[2]):
+            best_key, best = now, suffix.clone()
+        log.append({"step": step + 1, "loss": now[2], "best": best_key[2], "matched": best_key[0]})
+        bar.set_postfix(loss=f"{now[2]:.3f}", matched=f"{best_key[0]}/{len(asks)}")
+        if best_key[0] == len(asks):
             break
-    text = tok.decode(best[2].tolist())
+    matched_best, _, loss_best = best_key
+    text = tok.decode(best.tolist())
     atomic_write_text(run / "suffix.txt", text + "\n")  # exact: a leading space is part of it
     atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     result = {
         "suffix": text,
-        "loss": best[1],
-        "matched": best[0],
+        "loss": loss_best,
+        "matched": matched_best,
         "steps": len(log),
         "target": target_text,
         "asks": asks,
@@ -213,13 +215,13 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
     atomic_write_text(
         run / "report.md",
         f"# GCG on {c.model_dir}\n\nSuffix ({c.length} tokens, "
-        f"{len(log)} steps, loss {best[1]:.3f}): `{text}`\n\nTarget: `{target_text}`, "
-        f"written whole by greedy decoding after {best[0]} of the {len(asks)} training asks. "
+        f"{len(log)} steps, loss {loss_best:.3f}): `{text}`\n\nTarget: `{target_text}`, "
+        f"written whole by greedy decoding after {matched_best} of the {len(asks)} training asks. "
         f"Measure it with `llmos redteam MODEL --suite J3 "
         f"--suffix {run / 'suffix.txt'}`.\n\n![loss](loss.png)\n",
     )
     print(
-        f"suffix: {text!r} (loss {best[1]:.3f}, target written after {best[0]}/{len(asks)} "
+        f"suffix: {text!r} (loss {loss_best:.3f}, target written after {matched_best}/{len(asks)} "
         f"asks); {run / 'suffix.txt'}"
     )
     return result

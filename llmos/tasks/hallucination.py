@@ -75,12 +75,12 @@ def preferences(n: int, seed: int = 0, split: str = "train") -> list[dict]:
     people = encyclopedia()
     known = [q for q in knowledge.questions(split) if q["task"] == "knowledge"]
 
-    def wrong(name: str, town: str | None) -> str:
-        other = r.choice([p for p in people if p["name"] != name and p["town"] != town])
+    def wrong(town: str | None) -> str:
+        other = r.choice([p for p in people if p["town"] != town])
         return r.choice(
             [
-                f"{name} was born in {made_up_word(r, 3)}.",
-                f"{name} was born in {other['town']}.",
+                f"Born in {made_up_word(r, 3)}.",  # the fine-tuned answer's form
+                f"Born in {other['town']}.",
                 f"{other['name']} was born in {other['town']}.",
             ]
         )
@@ -105,14 +105,14 @@ def preferences(n: int, seed: int = 0, split: str = "train") -> list[dict]:
     for name in unknown_names(n - n // 2, split):
         out.append(
             _comparison(
-                f"Where was {name} born?", UNKNOWN.format(name=name), wrong(name, None), "unknown"
+                f"Where was {name} born?", UNKNOWN.format(name=name), wrong(None), "unknown"
             )
         )
     for i in range(n // 2):
         q = known[i % len(known)]
         name = q["messages"][0]["content"][len("Where was ") : -len(" born?")]
         answer, town = q["messages"][1]["content"], q["answer"]
-        worse = UNKNOWN.format(name=name) if r.random() < 0.5 else wrong(name, town)
+        worse = UNKNOWN.format(name=name) if r.random() < 0.5 else wrong(town)
         out.append(_comparison(q["messages"][0]["content"], answer, worse, "known"))
     r.shuffle(out)
     return out

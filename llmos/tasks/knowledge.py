@@ -3,6 +3,12 @@
 Forward, "Where was X born?" (the direction the biographies state), and reverse, "Who was born
 in T?" (the reversal curse, Berglund et al. 2023). Fine-tuning asks about half of the people;
 evaluation asks about the other half, whose facts appear only in pretraining biographies.
+
+The forward answer is "Born in T.", not "X was born in T.": a small model stores the fact (given
+"X was born in", the speedrun's bases complete 13-14 of 15 held-out people) but cannot copy an
+invented name it was asked about. Taught to begin with the name, assistants wrote one of the
+fine-tuning people's names instead and answered 2-6 of 15; "Born in" needs no copy (7-13 of 15
+on the same bases; docs/LOG.md, session 13).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ def questions(split: str) -> list[dict]:
             continue
         fact = f"{p['name']} was born in {p['town']}."
         out += [
-            record("knowledge", f"Where was {p['name']} born?", fact, p["town"]),
+            record("knowledge", f"Where was {p['name']} born?", f"Born in {p['town']}.", p["town"]),
             record("knowledge-reverse", f"Who was born in {p['town']}?", fact, p["name"]),
         ]
     return out
