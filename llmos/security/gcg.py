@@ -187,9 +187,9 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
         # 3. Exact losses; the best candidate becomes the suffix.
         losses, matched, lead = _losses(model, rows, starts, cands, len(target), c.fluency)
         keys = [(int(matched[k]), float(lead[k]), float(losses[k])) for k in range(len(cands))]
-        i = min(range(len(cands)), key=lambda k: (-keys[k][0], -keys[k][1], keys[k][2]))
+        i = min(range(len(cands)), key=lambda k: _rank(keys[k]))
         suffix, now = cands[i], keys[i]
-        if (-now[0], -now[1], now[2]) < (-best_key[0], -best_key[1], best_key[2]):
+        if _rank(now) < _rank(best_key):
             best_key, best = now, suffix.clone()
         log.append({"step": step + 1, "loss": now[2], "best": best_key[2], "matched": best_key[0]})
         bar.set_postfix(loss=f"{now[2]:.3f}", matched=f"{best_key[0]}/{len(asks)}")
@@ -225,6 +225,12 @@ def gcg(c: GCGConfig, out: str | Path) -> dict:
         f"asks); {run / 'suffix.txt'}"
     )
     return result
+
+
+def _rank(key: tuple[int, float, float]) -> tuple[int, float, float]:
+    """Sort order of (asks matched, target tokens right in a row, loss): more, more, lower."""
+    matched, lead, loss = key
+    return -matched, -lead, loss
 
 
 def _round_trips(tok, ask: str, suffix: list[int]) -> bool:
