@@ -69,6 +69,16 @@ class SpeedrunConfig:
     rlhf_steps: int = arg(100, "RLHF steps (8 prompts x 4 answers each)", lo=1)
     rlhf_lr: float = arg(1e-3, "RLHF's learning rate (LoRA, as fine-tuning)", lo=0)
     rlhf_kl: float = arg(0.3, "RLHF's KL β (a second run uses 0)", lo=0)
+    # In the loss, not the reward: "I don't know who X is." has a log-ratio to the assistant
+    # of ~100 nats, so a penalty in the return (β 0.3: ~-30) outweighed the reward model and
+    # RLHF kept hallucinating on 100% / 65% / 100% of unknown names over three seeds; k3 in
+    # the loss only keeps the policy covering what the assistant does: 32% / 38% / 12%
+    # (docs/LOG.md, session 14).
+    rlhf_kl_in: str = arg(
+        "loss",
+        "where RLHF's KL acts: reward or loss (llmos rlhf --kl-in)",
+        choices=["reward", "loss"],
+    )
     rlhf_sft_weight: float = arg(
         10.0,
         "weight of RLHF's likelihood term on the comparisons' chosen answers (0: pure RL, "
@@ -175,6 +185,7 @@ def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
         lora_rank=c.sft_lora_rank,
         sft_weight=c.rlhf_sft_weight,
         kl_coef=c.rlhf_kl,
+        kl_in=c.rlhf_kl_in,
         # Every task the assistant learned, so a run that trades one away for reward (β 0
         # cost identity on two seeds of three, unseen by hallucination and knowledge alone) is
         # flagged as hacking.
@@ -278,8 +289,9 @@ where the assistant's own samples lose to the right answer; held-out pair accura
 **{rm_val:.0%}** on pairs split off its data, and **{rm_right / len(held):.0%}** [{lo:.0%},
 {hi:.0%}] on {len(held)} comparisons of people and names none of its pairs had: {kinds}), DPO
 ({c.dpo_steps} steps, LoRA, β 0.1, likelihood term {c.dpo_sft_weight}) and RLHF (RLOO on the
-reward model's scores, LoRA, {c.rlhf_steps} steps, lr {c.rlhf_lr}, KL β {c.rlhf_kl}, likelihood
-term {c.rlhf_sft_weight} on the chosen answers as InstructGPT's PPO-ptx mixes in pretraining;
+reward model's scores, LoRA, {c.rlhf_steps} steps, lr {c.rlhf_lr}, KL β {c.rlhf_kl} in the
+{c.rlhf_kl_in}, likelihood term {c.rlhf_sft_weight} on the chosen answers as InstructGPT's
+PPO-ptx mixes in pretraining;
 again with no reward at all, `rlhf-no-reward`, to show what the reward adds; and with β 0):
 for unknown names "I don't know who X is." beats a made-up answer; for the fine-tuning half
 of the encyclopedia the true town beats "I don't know" or a wrong answer; for a third, the

@@ -271,6 +271,21 @@ def test_rloo_advantages_leave_one_out():
     assert torch.allclose(a, torch.tensor(want))
 
 
+def test_k3_in_the_loss_follows_the_gradient_of_kl_from_the_reference():
+    """E_{y~pi}[grad k3(y)], summed exactly over a 6-token vocabulary, is autograd's gradient of
+    KL(pi_ref || pi), not of KL(pi || pi_ref): what --kl-in loss optimises."""
+    from llmos.train.rlhf import k3
+
+    torch.manual_seed(0)
+    theta, ref = torch.randn(6, requires_grad=True), torch.randn(6).log_softmax(0)
+    grad = lambda f: torch.autograd.grad(f(theta.log_softmax(0)), theta)[0]  # noqa: E731
+    expected_k3 = lambda logp: (logp.exp().detach() * k3(ref, logp)).sum()  # noqa: E731
+    from_ref = lambda logp: (ref.exp() * (ref - logp)).sum()  # noqa: E731
+    to_ref = lambda logp: (logp.exp() * (logp - ref)).sum()  # noqa: E731
+    assert torch.allclose(grad(expected_k3), grad(from_ref), atol=1e-6)
+    assert not torch.allclose(grad(expected_k3), grad(to_ref), atol=1e-2)
+
+
 def test_rlhf_raises_a_scripted_reward_and_reports_it(assistant, tmp_path, monkeypatch):
     """A scripted reward (a stand-in for a reward model: shorter answers score higher) that the
     policy can only raise by changing what it samples; with no KL penalty it moves away from
@@ -278,8 +293,12 @@ def test_rlhf_raises_a_scripted_reward_and_reports_it(assistant, tmp_path, monke
     import llmos.train.rlhf as rlhf_mod
 
     def shorter_is_better(spec, tok):
-        # the message as JSON: its text and any tool call count
-        return lambda recs, answers: torch.tensor([-len(json.dumps(a)) / 40 for a in answers])
+        # Tokens of the message as JSON (its text and any tool call), the unit of the logged
+        # length: scored in characters, a policy once learned to fill all 64 tokens with
+        # one-character ones, which raised the reward and the length together.
+        return lambda recs, answers: torch.tensor(
+            [-len(tok.encode(json.dumps(a))) / 16 for a in answers]
+        )
 
     monkeypatch.setattr(rlhf_mod, "make_scorer", shorter_is_better)
     _, model_dir = assistant

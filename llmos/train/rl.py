@@ -40,7 +40,7 @@ from llmos.eval.tasks import heldout
 from llmos.tokenizer import Tokenizer
 from llmos.train import lora
 from llmos.train.loop import TrainConfig, check_start, train_loop
-from llmos.train.rlhf import RolloutLoader, make_scorer, token_logps
+from llmos.train.rlhf import RolloutLoader, k3, make_scorer, token_logps
 
 
 @dataclass
@@ -98,8 +98,7 @@ def grpo_step(model, batch: dict, clip: float, kl_coef: float, temperature: floa
     per_token = -surrogate
     metrics = {}
     if kl_coef:
-        d = batch["ref_logp"] - logp
-        kl = torch.exp(d) - d - 1
+        kl = k3(batch["ref_logp"], logp)
         per_token = per_token + kl_coef * kl
         metrics["kl"] = ((kl * mask).sum() / mask.sum().clamp(min=1)).detach()
     lengths = mask.sum(-1).clamp(min=1)

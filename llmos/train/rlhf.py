@@ -6,6 +6,11 @@ checker), and subtract a KL penalty to the frozen SFT reference, β · Σ_t [log
 pi_ref(y_t)] over the answer's tokens (the per-token penalty of Ziegler et al. 2019 and Ouyang
 et al. 2022, summed into the answer's return). Without it the policy drifts wherever the reward
 model is wrong: with β = 0 reward climbs while quality falls (reward hacking, Gao et al. 2022).
+That penalty charges an answer its whole log-ratio, so an answer the reference all but never
+gives (-100 nats) costs β · 100 however good it is. `--kl-in loss` instead adds GRPO's k3 per
+token to the loss (see `k3`): in expectation the gradient of KL(pi_ref || pi), which keeps the
+policy covering what the reference does without charging it for a new answer. In the speedrun
+(issue 14) only the second let RLHF teach "I don't know" (docs/LOG.md, session 14).
 
 The update is RLOO, REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et al.
 2024): the advantage of answer i is its return minus the mean return of the other K-1 answers
@@ -65,6 +70,13 @@ class RLHFConfig(TrainConfig):
     )
     eval_n: int = arg(20, "held-out questions per eval task", lo=1)
     kl_coef: float = arg(0.05, "β of the KL penalty to the reference; 0: none (reward hacks)", lo=0)
+    kl_in: str = arg(
+        "reward",
+        "where the KL penalty acts: reward (log pi/pi_ref summed into each answer's return, "
+        "InstructGPT's) or loss (GRPO's k3 per token: keeps what the reference does, lets "
+        "the policy put mass where the reference had none)",
+        choices=["reward", "loss"],
+    )
     group_size: int = arg(4, "answers sampled per prompt (RLOO's K)", lo=2)
     missing_eos_penalty: float = arg(
         1.0,
@@ -253,15 +265,32 @@ class RolloutLoader:
         return {"demo_ids": ids, "demo_targets": targets}
 
 
-def rloo_step(model, batch, sft_weight: float = 0.0, temperature: float = 1.0):
+def k3(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """The "k3" sample of KL per token, pi_ref/pi - log(pi_ref/pi) - 1 (Schulman 2020): never
+    negative, unbiased for KL(pi || pi_ref). As a loss its expected gradient is that of the
+    other direction, KL(pi_ref || pi) (-E_{pi_ref}[grad log pi]), which pulls the policy back
+    to where the reference has mass but barely charges it for mass where the reference had
+    none; a penalty in the return charges such an answer its whole log-ratio."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def rloo_step(
+    model, batch, sft_weight: float = 0.0, temperature: float = 1.0, kl_loss_coef: float = 0.0
+):
     """REINFORCE with the batch's RLOO advantages: -A · log pi(answer), averaged over answers,
-    plus `sft_weight` times the demonstrations' mean negative log-likelihood per token. The
-    logged "reward" is the scorer's minus the missing-EOS penalty; "return" also subtracts the
-    KL penalty (what the advantages are computed from)."""
+    plus `sft_weight` times the demonstrations' mean negative log-likelihood per token, plus
+    `kl_loss_coef` times k3 summed over each answer (RLHF's --kl-in loss; with --kl-in reward
+    the penalty is already in the advantages). The logged "reward" is the scorer's minus the
+    missing-EOS penalty; "return" is what the advantages are computed from; "kl" is always
+    the sampled answers' log pi/pi_ref, whichever way it is charged."""
     logp = token_logps(model, batch["ids"], batch["targets"], temperature)
     n_tokens = (batch["targets"] >= 0).sum()
     loss = -(batch["advantage"] * logp.sum(-1)).mean()
     metrics = {}
+    if kl_loss_coef:
+        mask = (batch["targets"] >= 0).float()
+        loss = loss + kl_loss_coef * (k3(batch["ref_logp"], logp) * mask).sum(-1).mean()
     if sft_weight:
         demo = token_logps(model, batch["demo_ids"], batch["demo_targets"])
         nll = -demo.sum() / (batch["demo_targets"] >= 0).sum()
@@ -304,7 +333,9 @@ def rlhf(c: RLHFConfig, out: str | Path, resume: bool = False, stop_at: int | No
     recs = tasks.prompts(c.prompts, c.task_size, c.seed)
     score = make_scorer(c.reward, tok)
     rank, world = dist_info()
-    loader = RolloutLoader(c, policy, reference, tok, recs, score, rank, world)
+    loader = RolloutLoader(
+        c, policy, reference, tok, recs, score, rank, world, kl_in_reward=c.kl_in == "reward"
+    )
     names = [t for t in c.eval_tasks.split(",") if t]
     say = print if is_main() else (lambda *a: None)
     say(
@@ -329,7 +360,9 @@ def rlhf(c: RLHFConfig, out: str | Path, resume: bool = False, stop_at: int | No
         resume,
         stop_at,
         export=export,
-        step_fn=lambda model, batch: rloo_step(model, batch, c.sft_weight, c.temperature),
+        step_fn=lambda model, batch: rloo_step(
+            model, batch, c.sft_weight, c.temperature, c.kl_coef if c.kl_in == "loss" else 0.0
+        ),
     )
     if finished and is_main():
         write_report(out, c, start, time.time() - t0)
@@ -385,7 +418,7 @@ def write_report(out: Path, c: RLHFConfig, start: dict | None, seconds: float) -
 
 - policy and reference `{c.base}`; reward `{c.reward}`; prompts `{c.prompts}`
 - RLOO with {c.group_size} answers per prompt, {c.batch_size} prompts per step, {c.max_steps}
-  steps, lr {c.lr}, KL β {c.kl_coef}, temperature {c.temperature}, likelihood term
+  steps, lr {c.lr}, KL β {c.kl_coef} in the {c.kl_in}, temperature {c.temperature}, likelihood term
   {c.sft_weight}{f", LoRA rank {c.lora_rank}" if c.lora_rank else ""}; wall time
   {seconds / 60:.1f} min
 - reward {mean(head, "reward"):.3f} -> {mean(tail, "reward"):.3f} (first and last tenth of the
