@@ -289,8 +289,8 @@ def rloo_step(
     loss = -(batch["advantage"] * logp.sum(-1)).mean()
     metrics = {}
     if kl_loss_coef:
-        mask = (batch["targets"] >= 0).float()
-        loss = loss + kl_loss_coef * (k3(batch["ref_logp"], logp) * mask).sum(-1).mean()
+        # No mask needed: where there is no target both log-probs are 0, and so is k3.
+        loss = loss + kl_loss_coef * k3(batch["ref_logp"], logp).sum(-1).mean()
     if sft_weight:
         demo = token_logps(model, batch["demo_ids"], batch["demo_targets"])
         nll = -demo.sum() / (batch["demo_targets"] >= 0).sum()
@@ -333,8 +333,9 @@ def rlhf(c: RLHFConfig, out: str | Path, resume: bool = False, stop_at: int | No
     recs = tasks.prompts(c.prompts, c.task_size, c.seed)
     score = make_scorer(c.reward, tok)
     rank, world = dist_info()
+    kl_in_loss = c.kl_coef if c.kl_in == "loss" else 0.0
     loader = RolloutLoader(
-        c, policy, reference, tok, recs, score, rank, world, kl_in_reward=c.kl_in == "reward"
+        c, policy, reference, tok, recs, score, rank, world, kl_in_reward=not kl_in_loss
     )
     names = [t for t in c.eval_tasks.split(",") if t]
     say = print if is_main() else (lambda *a: None)
@@ -361,7 +362,7 @@ def rlhf(c: RLHFConfig, out: str | Path, resume: bool = False, stop_at: int | No
         stop_at,
         export=export,
         step_fn=lambda model, batch: rloo_step(
-            model, batch, c.sft_weight, c.temperature, c.kl_coef if c.kl_in == "loss" else 0.0
+            model, batch, c.sft_weight, c.temperature, kl_in_loss
         ),
     )
     if finished and is_main():
