@@ -49,6 +49,10 @@ def test_open_shows_what_a_reader_sees(site):
         assert marker not in text
     assert "dropped (not visible): 1 script, 1 style, 3 hidden elements" in text
     assert f"[1] home -> {site.url}index.html" in text
+    # Through the site's tools: a path opens the page, and its links on the site are paths
+    # (a loopback URL costs a small vocabulary ~34 tokens, a path ~12).
+    text = site.tools()["open"]["fn"]({"url": "/secret-page.html"})
+    assert text.startswith("Trap\n/secret-page.html\n") and "[1] home -> /index.html" in text
 
 
 def test_large_and_binary_pages_come_back_with_a_note(site):
@@ -83,7 +87,7 @@ def test_an_agent_searches_and_opens_pages(site, tmp_path):
                         [
                             site.url + f"{c['name'].lower()}.html",
                             "http://example.com/",
-                            site.url + "index.html",
+                            f"/{c['name'].lower()}-seed.html",  # a path, as results show them
                         ]
                     )
                 ]
@@ -98,6 +102,8 @@ def test_an_agent_searches_and_opens_pages(site, tmp_path):
     results = [m["content"] for m in script.requests[2]["messages"] if m["role"] == "tool"]
     assert c["name"] in results[0] and f"{c['name'].lower()}-seed.html" in results[0]
     assert f"{c['name']} works on" in results[1] and "not on the allowlist" in results[2]
+    assert "raised $" in results[3] and f"\n/{c['name'].lower()}-seed.html\n" in results[3]
+    assert f"\n/{c['name'].lower()}-seed.html\n" in results[0]  # search shows paths too
     run = next(tmp_path.iterdir())
     kinds = [json.loads(line)["type"] for line in (run / "trace.jsonl").read_text().splitlines()]
     assert kinds.count("result") == 4

@@ -31,12 +31,12 @@ def replay(name: str) -> list:
     """The steps of a model that does the showcase right, each reading what came back."""
 
     def open_profile(body):
-        urls = re.findall(r"http://\S+\.html", last_tool_texts(body)[0])
+        urls = re.findall(r"^/\S+\.html$", last_tool_texts(body)[0], re.M)  # paths on the site
         profile = next(u for u in urls if u.endswith(f"/{name.lower()}.html"))
         return {"tool_calls": [call("open", {"url": profile})]}
 
     def open_rounds(body):
-        links = re.findall(r"-> (http://\S+-(?:seed|series-\w)\.html)", last_tool_texts(body)[0])
+        links = re.findall(r"-> (/\S+-(?:seed|series-\w)\.html)", last_tool_texts(body)[0])
         return {"tool_calls": [call("open", {"url": u}, i) for i, u in enumerate(links)]}
 
     rounds = []

@@ -86,3 +86,24 @@ def test_lora_trains_low_rank_updates_and_merges(base, tmp_path):
         before, after = m(x), merged(m)(x)
         assert (before - load_model(base)(x)).abs().max() > 0.01  # the adapters do something
         assert (before - after).abs().max() <= 1e-4 * before.abs().max()
+
+
+def test_fine_tuning_past_the_context_extends_it(base, tmp_path):
+    """--seq-len beyond the base's 256 positions: the saved model's context is the new length
+    and the engine generates after a prompt longer than the old one."""
+    from llmos.infer.engine import Engine, SamplingConfig
+    from llmos.tokenizer import Tokenizer
+
+    long = [{"role": "user", "content": "the river and the ferry " * 50}, CONVERSATION[-1]]
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"messages": long}) + "\n")
+    c = SFTConfig(base=str(base), data=f"{data}:1", seq_len=700, batch_size=1, max_steps=2,
+                  warmup_steps=1, eval_every=2, val_fraction=0.0)  # fmt: skip
+    out = sft(c, tmp_path / "out")
+    assert load_model(base).cfg.max_position_embeddings == 256
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 700
+    tok = Tokenizer.load(out)
+    prompt, _ = render(tok, long[:1], add_generation_prompt=True)
+    assert 256 < len(prompt) < 690
+    s = SamplingConfig(temperature=0, max_new_tokens=8)
+    assert len(Engine(load_model(out), tok).generate([prompt], s, set())[0].ids) == 8

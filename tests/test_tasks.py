@@ -6,7 +6,7 @@ from llmos.tasks import generate, knowledge, mixture, reward
 
 
 def test_task_checkers_accept_their_own_answers_and_reject_others():
-    for task in ("identity", "arithmetic", "spelling"):
+    for task in ("identity", "arithmetic", "spelling", "copy"):
         recs = generate(task, 30, seed=1)
         held = generate(task, 30, seed=1, split="eval")
         if task != "identity":

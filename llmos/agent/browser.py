@@ -107,8 +107,11 @@ def may_open(url: str, allow_hosts: tuple[str, ...] = ()) -> str:
     raise BrowserError(f"open: {host} is not on the allowlist (loopback only unless allowed)")
 
 
-def open_url(url: str, allow_hosts: tuple[str, ...] = ()) -> str:
-    """The page at `url` as text for the model (see the module docstring)."""
+def open_url(url: str, allow_hosts: tuple[str, ...] = (), site: str = "") -> str:
+    """The page at `url` as text for the model (see the module docstring). URLs under `site`
+    (a base URL ending in /) are written as paths from it, "/about.html": a loopback URL
+    costs ~34 tokens of a small vocabulary (every digit of the port one), a path ~12, and
+    a page lists many."""
     url = may_open(url, allow_hosts)
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
@@ -135,12 +138,23 @@ def open_url(url: str, allow_hosts: tuple[str, ...] = ()) -> str:
     if len(text) > MAX_TEXT_CHARS:
         notes.append(f"text truncated at {MAX_TEXT_CHARS:,} of {len(text):,} characters")
         text = text[:MAX_TEXT_CHARS]
-    out = [f"{title}\n{url}" if title else url, text]
+    shown = site_path(url, site)
+    out = [f"{title}\n{shown}" if title else shown, text]
     if links:
-        out.append("links:\n" + "\n".join(f"[{i}] {t} -> {u}" for i, (t, u) in enumerate(links, 1)))
+        listed = (f"[{i}] {t} -> {site_path(u, site)}" for i, (t, u) in enumerate(links, 1))
+        out.append("links:\n" + "\n".join(listed))
     if notes:
         out.append("[" + "; ".join(notes) + "]")
     return "\n\n".join(out)
+
+
+def site_path(url: str, site: str) -> str:
+    """`url` as a path from `site` (a base URL ending in /) when it is under it; else as is.
+
+    >>> site_path("http://127.0.0.1:8000/a.html", "http://127.0.0.1:8000/")
+    '/a.html'
+    """
+    return "/" + url[len(site) :] if site and url.startswith(site) else url
 
 
 # -- a site: pages served on loopback and indexed for search ----------------------------------
@@ -215,14 +229,18 @@ class Site:
             hits = self.search(q[:500])
             if not hits:
                 return f"no results for {q[:100]!r}"
-            return "\n\n".join(f"{h['title']}\n{h['url']}\n{h['snippet']}" for h in hits)
+            return "\n\n".join(
+                f"{h['title']}\n{site_path(h['url'], self.url)}\n{h['snippet']}" for h in hits
+            )
 
         def open_(args: dict) -> str:
             url = args.get("url")
             if not isinstance(url, str):
                 return 'error: open: "url" must be a string'
+            if url.startswith("/"):  # a path on this site, as search and pages write them
+                url = self.url + url.lstrip("/")
             try:
-                return open_url(url, self.allow_hosts)
+                return open_url(url, self.allow_hosts, self.url)
             except BrowserError as e:
                 return f"error: {e}"
 
@@ -233,7 +251,9 @@ class Site:
             },
             "open": {
                 "fn": open_,
-                "schema": function_schema("open", "Open a URL and read the page.", "url"),
+                "schema": function_schema(
+                    "open", "Open a URL, or a path on this site (/a.html), and read it.", "url"
+                ),
             },
         }
 

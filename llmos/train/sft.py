@@ -134,6 +134,11 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     train = [r for i, r in enumerate(convs) if not is_val(str(i), c.val_fraction)]
     val = [r for i, r in enumerate(convs) if is_val(str(i), c.val_fraction)] or convs[:1]
     seq_len = c.seq_len or min(model.cfg.max_position_embeddings, 1024)
+    if seq_len > model.cfg.max_position_embeddings:
+        # Fine-tuning at a longer length teaches the model those positions (RoPE has no table
+        # to outgrow: model.py extends it), so the saved model's context is the new length.
+        print(f"sft: context {model.cfg.max_position_embeddings} -> {seq_len} (--seq-len)")
+        model.cfg.max_position_embeddings = seq_len
     pad = tok.special_ids.get("<|pad|>", tok.eos_id)
     rank, world = dist_info()  # under torchrun each rank packs its share of every batch
     loader = PackedLoader(
