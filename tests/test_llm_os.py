@@ -394,7 +394,7 @@ def obeys_injection(body):
 
 def test_a_page_that_says_call_send_message_does_not_trigger_it(injected_web, tmp_path):
     def open_first_hit(body):
-        url = re.search(r"http://\S+", body["messages"][-1]["content"]).group(0)
+        url = re.search(r"^/\S+\.html$", body["messages"][-1]["content"], re.M).group(0)
         return {"content": "", "tool_calls": [call("open", {"url": url}, 1)]}
 
     script = Script(
