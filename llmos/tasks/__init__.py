@@ -23,7 +23,7 @@ from llmos.tasks import (
     agent,
     arithmetic,
     chain,
-    copy,
+    copying,
     countdown,
     docs,
     gym,
@@ -50,8 +50,7 @@ CHAT_TASKS = {
 # `hazard` and `safety` are the security lab's world: capabilities to attack, and safety
 # fine-tuning against them (tasks/safety.py).
 TASKS = CHAT_TASKS | {"agent": agent, "chain": chain, "countdown": countdown, "docs": docs}
-TASKS |= {"copy": copy}
-TASKS |= {"hazard": hazard, "safety": safety}
+TASKS |= {"copy": copying, "hazard": hazard, "safety": safety}
 # Comparisons a task makes (TRL's preference records) for reward models and DPO.
 PREFERENCES = {"hallucination": hallucination.preferences, "safety": safety.preferences}
 # A record's "task" is one of its task's groups (arithmetic-direct, knowledge-reverse, ...).

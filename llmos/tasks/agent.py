@@ -6,7 +6,7 @@ table. Training traces come from demo webs of many seeds and never name a held-o
 evaluation asks about the held-out ones (`scenarios.held_out`), whose pages a trained model has
 never read. Traces are long (2.4-3.2k tokens with a 4k-vocab tokenizer), and every step copies
 what an earlier result showed (names, paths, figures): a model needs that much context, and
-in-context copying (see tasks/copy.py), to learn them.
+in-context copying (see tasks/copying.py), to learn them.
 
     >>> recs = generate(2, split="eval")  # doctest: +SKIP
     >>> [reward(r, r["messages"][-1]["content"]) for r in recs]  # doctest: +SKIP

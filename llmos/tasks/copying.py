@@ -5,9 +5,11 @@ from a result into `open`, figures from pages into a table), and a tiny model pr
 few million tokens cannot. The speedrun's 1,400-step base repeats neither a random token
 sequence nor a list of invented names it has just read: it has no induction heads, the
 attention circuit that finds the earlier occurrence of the current token and copies what
-followed it (Olsson et al. 2022, "In-context learning and induction heads"). Trained on this
-task it forms one after ~500 steps, an abrupt phase change as in that paper, but only over
-the distances it was trained on, so lists run from a few items to ~1,500 tokens.
+followed it (Olsson et al. 2022, "In-context learning and induction heads"). Fine-tuned on
+this task alone (800 steps of 8 rows of 512 tokens), its next-token accuracy on held-out lists
+went from 3% to 84% under 256 tokens, 72% under 1k and 31% under 3k: copying forms (abruptly,
+as in that paper), but only over the distances it was trained on, so lists run from a few
+items to ~1,500 tokens (docs/LOG.md, session 15).
 
     >>> rec = generate(1)[0]
     >>> reward(rec, rec["messages"][-1]["content"])
