@@ -37,7 +37,12 @@ class SFTConfig(TrainConfig):
         "tasks and JSONL files of conversations, comma-separated name[:weight]",
     )
     task_size: int = arg(1000, "conversations a task generates per unit of weight", lo=1)
-    seq_len: int = arg(0, "packed row length; 0: the model's context, at most 1024", lo=0)
+    seq_len: int = arg(
+        0,
+        "packed row length; 0: the model's context, at most 1024; longer than the context "
+        "trains the positions past it and saves the longer context",
+        lo=0,
+    )
     val_fraction: float = arg(
         0.05, "share of the conversations held out for the val loss", lo=0, hi=0.9
     )
@@ -128,6 +133,7 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     t0 = time.time()
     torch.manual_seed(c.seed)
     model, tok = load_model(c.base), Tokenizer.load(c.base)
+    say = print if is_main() else (lambda *a: None)  # under torchrun, rank 0 speaks
     if not tok.llmos_format and not tok.chat_template:
         raise CorpusError(f"{c.base}: no chat format (neither llmos's tokens nor a template)")
     convs = mixture(c.data, c.task_size, c.seed)
@@ -137,7 +143,7 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     if seq_len > model.cfg.max_position_embeddings:
         # Fine-tuning at a longer length teaches the model those positions (RoPE has no table
         # to outgrow: model.py extends it), so the saved model's context is the new length.
-        print(f"sft: context {model.cfg.max_position_embeddings} -> {seq_len} (--seq-len)")
+        say(f"sft: context {model.cfg.max_position_embeddings} -> {seq_len} (--seq-len)")
         model.cfg.max_position_embeddings = seq_len
     pad = tok.special_ids.get("<|pad|>", tok.eos_id)
     rank, world = dist_info()  # under torchrun each rank packs its share of every batch
@@ -155,7 +161,6 @@ def sft(c: SFTConfig, out: str | Path, resume: bool = False, stop_at: int | None
     val_batches = [
         val_rows.next() for _ in range(max(1, min(c.eval_windows, len(val) // c.batch_size)))
     ]
-    say = print if is_main() else (lambda *a: None)
     say(f"sft: {len(train)} train / {len(val)} val conversations from '{c.data}'; base {c.base}")
 
     @torch.no_grad()
