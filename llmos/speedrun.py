@@ -86,6 +86,10 @@ class SpeedrunConfig:
         lo=0,
     )
     eval_n: int = arg(40, "held-out questions per task", lo=1)
+    # With 40 unknown names a 95% interval on the hallucination rate is +-15 points, and
+    # near-identical runs differed by 26 (docs/LOG.md, session 15): too wide to tell settings
+    # apart. The questions are short, so 200 cost ~half a minute a model.
+    eval_unknown: int = arg(200, "unknown names asked of each preference model", lo=1)
     seed: int = arg(0, "seed of every stage")
 
 
@@ -131,6 +135,9 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
         engine = Engine(load_model(out / name), Tokenizer.load(out / name))
         with tqdm(desc=f"eval {name}", unit="q") as bar:
             results[name] = evaluate(engine, n=c.eval_n, progress=lambda _, b=bar: b.update(1))
+            if c.preference:
+                more = evaluate(engine, ["hallucination"], c.eval_unknown, lambda _: bar.update(1))
+                results[name] |= more
     times["evaluate"] = time.time() - t
     write_json(out / "eval.json", results)
     report = report_card(out, c, times, results)
@@ -355,7 +362,7 @@ def report_card(out: Path, c: SpeedrunConfig, times: dict, results: dict) -> str
 
 Preset `{c.preset}`: {c.pretrain_steps} pretraining steps of {c.batch_size}×256 tokens on the
 default corpus, {c.sft_steps} fine-tuning steps ({tuned}) on `{c.sft_data}`; greedy decoding, the
-calculator tool on, {c.eval_n} held-out questions per task.
+calculator tool on, held-out questions per task as the table's n says.
 
 ## Stages
 

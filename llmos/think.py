@@ -13,12 +13,15 @@ accuracy against the tokens generated per question, for N = 1 ... 64:
   model, or a verifier trained on the checker's labels with `llmos prefs generate --judge
   checker` + `llmos rm train`, as Cobbe et al. 2021 train theirs), `steps` (the task's
   rule-based process verifier: every step of the worked solution right; Lightman et al. 2023
-  train one instead), `logprob` (the model's own mean token log-probability).
+  train one instead), `reachable` (an exact value: a partial solution's steps are right and
+  the numbers left can still make the target; an answered one is right: on whole samples
+  the same as `checker`), `logprob` (the model's own mean token log-probability).
 - `beam`: tree search over reasoning steps (a step ends at "." or a newline), breadth-first
-  with a beam (Tree of Thoughts' BFS, Yao et al. 2023): each of the N beams samples `--expand`
-  next steps, a value (`logprob`, `steps` or `rm:DIR`) ranks the partial solutions, the N
-  best go on.
-  Finished reasoning is answered greedily and the best-valued answer wins.
+  with a beam (Tree of Thoughts' BFS, Yao et al. 2023): each round samples N x `--expand`
+  next steps spread over the live beams, a value (`logprob`, `steps`, `reachable` or
+  `rm:DIR`) ranks the partial solutions, the N best go on. Tree of Thoughts' value is the
+  model asked whether 24 is still reachable; `reachable` is that judgment made exactly, as
+  `checker` is for best-of-n. Finished reasoning is answered greedily, best-valued first.
 
 vote and best-of-n draw one pool of max(N) samples per question and read every smaller N off
 its first N samples (so the curves are paired, and cheaper); tokens count every sample used.
@@ -68,13 +71,15 @@ class ThinkConfig:
     scorer: str = arg(
         "logprob",
         "best-of-n's choice: checker (the task's, an oracle: pass@N), steps (the task's process "
-        "verifier: every step right), rm:DIR (a reward model or trained verifier), logprob "
+        "verifier: every step right), reachable (every step right and the target still "
+        "reachable), rm:DIR (a reward model or trained verifier), logprob "
         "(the model's mean token log-probability)",
     )
     value: str = arg(
-        "logprob", "beam's value of a partial solution: logprob, steps (as --scorer) or rm:DIR"
+        "logprob",
+        "beam's value of a partial solution: logprob, steps, reachable (as --scorer) or rm:DIR",
     )
-    expand: int = arg(4, "beam: next steps sampled from each beam", lo=1)
+    expand: int = arg(4, "beam: next steps sampled per beam each round (width x expand)", lo=1)
     max_beam: int = arg(16, "beam: the widest beam measured (wider N are skipped)", lo=1)
     questions: int = arg(100, "held-out questions", lo=1)
     temperature: float = arg(1.0, "sampling temperature of vote, best-of-n and beam", lo=0.01)
@@ -194,11 +199,19 @@ def make_scorer(spec: str, lm):
     """score(recs, samples) -> floats, higher is better."""
     if spec == "checker":
         return lambda recs, ss: [tasks.reward(r, s.message["content"]) for r, s in zip(recs, ss)]
-    if spec == "steps":  # the task's process verifier: 1 while every finished step is right
+    if spec == "steps":  # 1 while every finished step is right
         return lambda recs, ss: [
             float(tasks.steps_valid(r, s.message.get("reasoning_content") or ""))
             for r, s in zip(recs, ss)
         ]
+    if spec == "reachable":  # an exact value: can this (partial) solution still end right?
+
+        def reach(r, s):
+            if s.message["content"].strip():  # answered: whether the answer is right
+                return tasks.reward(r, s.message["content"])
+            return float(tasks.reachable(r, s.message.get("reasoning_content") or ""))
+
+        return lambda recs, ss: [reach(r, s) for r, s in zip(recs, ss)]
     if spec == "logprob":
         if not isinstance(lm, LocalModel):
             raise LlmosError("the logprob scorer needs a local model (an endpoint gives none)")
@@ -212,7 +225,7 @@ def make_scorer(spec: str, lm):
             return score_answers(rm, tok, prompts, [s.message for s in ss]).tolist()
 
         return score
-    raise LlmosError(f"scorer {spec!r}: use checker, steps, logprob or rm:DIR")
+    raise LlmosError(f"scorer {spec!r}: use checker, steps, reachable, logprob or rm:DIR")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,9 +236,11 @@ def beam_search(
     lm: LocalModel, rec: dict, width: int, expand: int, value, s: SamplingConfig
 ) -> Sample:
     """Breadth-first search over reasoning steps with a beam of `width` (Tree of Thoughts'
-    BFS): every live partial solution samples `expand` next steps, the `value` ranks all the
-    extended ones, the best `width` go on; a finished one (its reasoning closed, or its turn
-    ended) waits in the pool. The best finished reasoning is then answered greedily."""
+    BFS): each round samples `width * expand` next steps, spread evenly over the live partial
+    solutions (so the root, alone, gets them all: with `expand` from it a wide beam had only
+    `expand` first steps to choose from, and accuracy stopped rising at width 4), the `value`
+    ranks the extended ones, the best `width` go on; a finished one (its reasoning closed, or
+    its turn ended) waits in the pool. The best finished reasoning is then answered (below)."""
     tok, sp = lm.tok, lm.tok.special_ids
     close = sp.get("<|/think|>")
     prompt, budget = lm.prompt(rec), s.max_new_tokens
@@ -238,9 +253,10 @@ def beam_search(
             max_new_tokens=max(1, budget - min(map(len, beams))),
             seed=None if s.seed is None else s.seed + spent,
         )
-        done = lm.engine.generate([prompt + b for b in beams], step, lm.step_ids, expand)
+        each = -(-width * expand // len(beams))  # ceil
+        done = lm.engine.generate([prompt + b for b in beams], step, lm.step_ids, each)
         spent += sum(len(d.ids) for d in done)
-        cands = list({tuple(beams[i // expand] + d.ids): 0 for i, d in enumerate(done)})
+        cands = list({tuple(beams[i // each] + d.ids): 0 for i, d in enumerate(done)})
         samples = [Sample(assistant_message(tok, list(c)), len(c), list(c)) for c in cands]
         scores = value([rec] * len(cands), samples)
         ranked = sorted(zip(scores, cands), key=lambda x: -x[0])[:width]
@@ -251,12 +267,22 @@ def beam_search(
                 finished.append((score, list(c)))
             else:
                 beams.append(list(c))
-    best = max(finished, key=lambda x: x[0])[1]
-    if best[-1] == close and len(best) < budget:  # the reasoning closed: now the answer
-        greedy = SamplingConfig(temperature=0, max_new_tokens=budget - len(best))
-        tail = lm.engine.generate([prompt + best], greedy, lm.end_ids)[0].ids
-        spent += len(tail)
-        best = best + tail
+    # The best finished reasonings are answered greedily, best first, until an answer keeps
+    # its reasoning's value. For `reachable` that means the answer makes the target: a model
+    # that reached it in its steps still wrote a wrong expression for 11% of the questions.
+    finished.sort(key=lambda x: -x[0])
+    answered = []
+    for score, c in [f for f in finished if f[0] == finished[0][0]][:width]:
+        if c[-1] == close and len(c) < budget:  # the reasoning closed: now the answer
+            greedy = SamplingConfig(temperature=0, max_new_tokens=budget - len(c))
+            tail = lm.engine.generate([prompt + c], greedy, lm.end_ids)[0].ids
+            spent += len(tail)
+            c = c + tail
+        (got,) = value([rec], [Sample(assistant_message(tok, c), len(c), c)])
+        answered.append((got, c))
+        if got >= score:
+            break
+    best = max(answered, key=lambda x: x[0])[1]
     return Sample(assistant_message(tok, best), spent, best)
 
 
@@ -283,11 +309,11 @@ def think(c: ThinkConfig, out: str | Path) -> Path:
     if remote and "beam" in strategies:
         raise LlmosError("beam search needs a local model (it scores partial answers)")
     recs = tasks.generate(c.task, c.questions, split="eval")
-    if "steps" in {
-        c.scorer if "best-of-n" in strategies else "",
-        c.value if "beam" in strategies else "",
-    }:
-        tasks.steps_valid(recs[0], "")  # a task without a step checker says so before any work
+    specs = {c.scorer if "best-of-n" in strategies else "", c.value if "beam" in strategies else ""}
+    if "steps" in specs:  # a task without the check says so before any work
+        tasks.steps_valid(recs[0], "")
+    if "reachable" in specs:
+        tasks.reachable(recs[0], "")
     budget = c.max_new_tokens or tasks.max_new_tokens(c.task)
     s = SamplingConfig(temperature=c.temperature, max_new_tokens=budget, seed=c.seed)
     greedy = SamplingConfig(temperature=0, max_new_tokens=budget)
@@ -395,7 +421,7 @@ def write_report(out: Path, c: ThinkConfig, results: list[dict], questions: int)
     text = f"""# Test-time compute: {c.task}
 
 - model `{c.model}`; {questions} held-out questions; sampling temperature {c.temperature}
-- best-of-N scorer `{c.scorer}`; beam value `{c.value}`, {c.expand} next steps per beam
+- best-of-N scorer `{c.scorer}`; beam value `{c.value}`, N x {c.expand} next steps a round
 
 | strategy | N | accuracy [95% CI] | tokens per question |
 |---|---|---|---|

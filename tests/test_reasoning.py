@@ -11,7 +11,7 @@ import torch
 from llmos import tasks
 from llmos.checkpoint import load_model
 from llmos.common import write_jsonl
-from llmos.data.corpora import read_jsonl
+from llmos.data.corpora import CorpusError, read_jsonl
 from llmos.runs import read_metrics
 from llmos.tasks import chain, final_answer
 from llmos.think import ThinkConfig, best_of, majority, think
@@ -178,10 +178,13 @@ def test_rl_runs_grpo_with_pass_at_k_and_writes_a_report(assistant, tmp_path):
     assert set(summary["gain"]) == {"val_chain", "pass@1", "pass@2"}
 
 
-def test_think_measures_every_strategy_and_pass_at_n_bounds_the_rest(assistant, tmp_path):
+@pytest.mark.parametrize("task,value", [("chain", "steps"), ("countdown", "reachable")])
+def test_think_measures_every_strategy_and_pass_at_n_bounds_the_rest(
+    assistant, tmp_path, task, value
+):
     _, model_dir = assistant
-    c = ThinkConfig(model=str(model_dir), task="chain", n="1,2,4", scorer="checker", questions=4,
-                    max_new_tokens=16, expand=2, batch=2, value="steps")  # fmt: skip
+    c = ThinkConfig(model=str(model_dir), task=task, n="1,2,4", scorer="checker", questions=4,
+                    max_new_tokens=16, expand=2, batch=2, value=value)  # fmt: skip
     out = think(c, tmp_path / "think")
     results = json.loads((out / "results.json").read_text())["results"]
     got = {(r["strategy"], r["n"]): r for r in results}
@@ -249,6 +252,51 @@ def test_countdown_solutions_reach_their_target_and_the_checker_reads_only_arith
         assert tasks.reward(rec, bad) == 0.0, bad
     with pytest.raises(ValueError):
         value_of("open('/etc/passwd')")
+
+
+def brute_force_reach(numbers: list[int], target: int) -> bool:
+    """Every expression over every ordered subset of the numbers, in every bracketing, with
+    every operator, evaluated by Python: an independent reference for can_reach."""
+    import itertools
+
+    def exprs(ns):
+        if len(ns) == 1:
+            yield str(ns[0])
+        for k in range(1, len(ns)):
+            for left in exprs(ns[:k]):
+                for right in exprs(ns[k:]):
+                    for op in "+-*":
+                        yield f"({left} {op} {right})"
+
+    return any(
+        eval(e) == target  # noqa: S307 (our own strings of digits and + - *)
+        for size in range(1, len(numbers) + 1)
+        for ns in itertools.permutations(numbers, size)
+        for e in exprs(list(ns))
+    )
+
+
+def test_reachability_agrees_with_every_expression_and_follows_a_partial_solution():
+    import random
+
+    from llmos.tasks.countdown import can_reach
+
+    r = random.Random(0)
+    cases = [(sorted(r.randint(1, 12) for _ in range(r.choice([2, 3, 4]))), r.randint(10, 99))
+             for _ in range(150)]  # fmt: skip
+    got = [can_reach(tuple(ns), t) for ns, t in cases]
+    assert got == [brute_force_reach(ns, t) for ns, t in cases]
+    assert 0.2 < sum(got) / len(got) < 0.9  # both answers occur
+    for rec in tasks.generate("countdown", 100):
+        steps = rec["messages"][-1]["reasoning_content"].split(". ")
+        for k in range(len(steps) + 1):  # every prefix of a demonstration can still finish
+            assert tasks.reachable(rec, ". ".join(steps[:k]) + ("." if 0 < k < len(steps) else ""))
+    rec = {"task": "countdown", "answer": "24", "numbers": [8, 6, 9, 2]}
+    assert tasks.reachable(rec, "9 - 6 = 3.") and tasks.reachable(rec, "9 - 6 = 3. 3 * 8 = 24.")
+    assert not tasks.reachable(rec, "9 + 8 = 17. 17 * 6 = 102.")  # 102 and 2 cannot make 24
+    assert not tasks.reachable(rec, "9 - 6 = 4.")  # false arithmetic
+    with pytest.raises(CorpusError, match="countdown"):
+        tasks.reachable({"task": "chain"}, "")
 
 
 def test_the_logprob_scorer_is_transformers_mean_token_logprob(assistant):

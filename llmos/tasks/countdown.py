@@ -20,6 +20,7 @@ checks it uses only the given numbers, each at most once.
 from __future__ import annotations
 
 import ast
+import functools
 import random
 import re
 from collections import Counter
@@ -89,6 +90,30 @@ def value_of(expr: str) -> tuple[int, list[int]]:
 STEP = re.compile(r"\s*(\d+) ([-+*]) (\d+) = (-?\d+)\.")
 
 
+def numbers_left(rec: dict, reasoning: str) -> Counter | None:
+    """The numbers a (partial) worked solution leaves to combine, or None if a finished step is
+    not true arithmetic on numbers still available (an unfinished last step is not judged).
+
+    >>> sorted(numbers_left({"numbers": [3, 5, 7]}, "3 * 5 = 15. 15 + 7").elements())
+    [7, 15]
+    """
+    pool = Counter(rec["numbers"])
+    done = reasoning[: reasoning.rfind(".") + 1]
+    pos = 0
+    while pos < len(done):
+        m = STEP.match(done, pos)
+        if not m:
+            return None
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        pool[a] -= 1
+        pool[b] -= 1
+        if pool[a] < 0 or pool[b] < 0 or OPS[op](a, b) != c:
+            return None
+        pool[c] += 1
+        pos = m.end()
+    return +pool  # drop the zero counts
+
+
 def steps_valid(rec: dict, reasoning: str) -> bool:
     """Whether every finished step of a (partial) worked solution is true arithmetic on
     numbers still available: a rule-based process verifier, the value tree search can use.
@@ -97,21 +122,41 @@ def steps_valid(rec: dict, reasoning: str) -> bool:
     >>> steps_valid(rec, "3 * 5 = 15. 15 + 7"), steps_valid(rec, "3 * 5 = 15. 15 + 15 = 30.")
     (True, False)
     """
-    pool = Counter(rec["numbers"])
-    done = reasoning[: reasoning.rfind(".") + 1]  # an unfinished last step is not judged
-    pos = 0
-    while pos < len(done):
-        m = STEP.match(done, pos)
-        if not m:
-            return False
-        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-        pool[a] -= 1
-        pool[b] -= 1
-        if pool[a] < 0 or pool[b] < 0 or OPS[op](a, b) != c:
-            return False
-        pool[c] += 1
-        pos = m.end()
-    return True
+    return numbers_left(rec, reasoning) is not None
+
+
+@functools.cache
+def can_reach(numbers: tuple[int, ...], target: int) -> bool:
+    """Whether some of `numbers` (sorted), each at most once, make `target` with + - *: an
+    exhaustive search over which two to combine next, cheap at four numbers (~10^3 nodes).
+
+    >>> can_reach((3, 5, 7), 22), can_reach((1, 1, 2), 50)
+    (True, False)
+    """
+    if target in numbers:
+        return True
+    for i in range(len(numbers)):
+        for j in range(i + 1, len(numbers)):
+            a, b = numbers[i], numbers[j]
+            rest = numbers[:i] + numbers[i + 1 : j] + numbers[j + 1 :]
+            for c in {a + b, a - b, b - a, a * b}:
+                if can_reach(tuple(sorted(rest + (c,))), target):
+                    return True
+    return False
+
+
+def reachable(rec: dict, reasoning: str) -> bool:
+    """Whether a (partial) worked solution can still end at the target: its steps are valid and
+    the numbers left can make it. The value Tree of Thoughts asks its model for ("sure / likely /
+    impossible" to reach 24, Yao et al. 2023), here computed exactly: an oracle, as the checker
+    is for best-of-N.
+
+    >>> rec = {"numbers": [3, 5, 7], "answer": "22"}
+    >>> reachable(rec, "3 * 5 = 15."), reachable(rec, "3 + 5 = 8.")
+    (True, False)
+    """
+    left = numbers_left(rec, reasoning)
+    return left is not None and can_reach(tuple(sorted(left.elements())), int(rec["answer"]))
 
 
 def final_answer(reply: str) -> str:
