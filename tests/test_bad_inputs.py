@@ -173,6 +173,7 @@ CASES = [
     ("think {d}/good --n 0,4 --out {d}/t", "each N must be 1 ... 256"),
     ("think {d}/good --task nosuchtask --strategy greedy --out {d}/t", "no task 'nosuchtask'"),
     ("think {d}/good --task identity --scorer steps --out {d}/t", "has no step checker"),
+    ("think {d}/good --task chain --value reachable --out {d}/t", "has no reachability value"),
     ("rl {d}/good --task nosuchtask --out {d}/r", "no task 'nosuchtask'"),
 ]
 

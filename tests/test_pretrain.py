@@ -216,7 +216,8 @@ def test_kill_9_never_leaves_a_broken_checkpoint(corpus_dir, tmp_path):
 
 def test_compiled_training_gives_the_same_losses(corpus_dir, tmp_path):
     """--compile on (the CUDA default) traces the same model: same losses, same weights."""
-    c = config(corpus_dir, max_steps=3, eval_every=3)
+    # fp32: in bf16 (`auto` on CPUs with AVX512-BF16) the fused graph's rounding differs
+    c = config(corpus_dir, max_steps=3, eval_every=3, dtype="fp32")
     pretrain(c, tmp_path / "eager")
     pretrain(dataclasses.replace(c, compile="on"), tmp_path / "compiled")
     assert all(

@@ -96,20 +96,20 @@ def final_answer(record: dict, reply: str) -> str:
 def steps_valid(record: dict, reasoning: str) -> bool:
     """A task's process verifier: whether every finished step of a (partial) worked solution
     is right. Tasks without one raise CorpusError."""
-    return _process_check(record, "steps_valid")(record, reasoning)
+    return _process_check(record, "steps_valid", "step checker")(record, reasoning)
 
 
 def reachable(record: dict, reasoning: str) -> bool:
     """A task's exact value of a partial solution: whether it can still end right (countdown
     has one). Tasks without one raise CorpusError."""
-    return _process_check(record, "reachable")(record, reasoning)
+    return _process_check(record, "reachable", "reachability value")(record, reasoning)
 
 
-def _process_check(record: dict, name: str):
+def _process_check(record: dict, name: str, what: str):
     check = getattr(GROUPS.get(record.get("task")), name, None)
     if check is None:
-        have = [g for g, m in GROUPS.items() if hasattr(m, name)]
-        raise CorpusError(f"task {record.get('task')!r} has no {name} check ({', '.join(have)} do)")
+        have = ", ".join(g for g, m in GROUPS.items() if hasattr(m, name))
+        raise CorpusError(f"task {record.get('task')!r} has no {what} ({have} do)")
     return check
 
 
