@@ -128,9 +128,9 @@ def test_grpo_advantages_and_loss_by_hand(assistant):
 
 def test_an_rl_step_raises_the_logprob_of_a_rewarded_completion(assistant):
     """Real rollouts of the tiny model; the checker is replaced by a reward of 1 for the first
-    answer of each group only. One small GRPO step moves the winner's log-probability above
-    the others' mean change: to first order that is what the step guarantees (with
-    group-normalised advantages 3a, -a, -a, -a the objective's change is a·(3Δw − ΣΔl) > 0).
+    answer of each group only. One small GRPO step raises the winners' log-probabilities
+    against the others': to first order the step guarantees it for the batch (with
+    group-normalised advantages 3a, -a, -a, -a the objective's change is Σ a·(3Δw − ΣΔl) > 0).
     The winner's own log-probability may still fall when it shares tokens with the losers
     (a CI run saw -0.04), so its sign is not asserted."""
     _, model_dir = assistant
@@ -159,8 +159,12 @@ def test_an_rl_step_raises_the_logprob_of_a_rewarded_completion(assistant):
     loss.backward()
     opt.step()
     after = token_logps(policy, batch["ids"], batch["targets"], 2.0).sum(-1).detach()
-    change = (after - before).view(-1, 4)[once]
-    assert (change[:, 1:].mean(-1) < change[:, 0]).all(), change
+    # To first order one step raises the objective it descends, sum_i A_i dlogp_i / len_i
+    # (grpo_step's per-answer token mean). That is guaranteed for the batch, not for each group:
+    # on an AMD EPYC one group's winner fell 0.03 while a loser sharing its tokens rose 0.44.
+    lengths = (batch["targets"] >= 0).sum(-1).clamp(min=1)
+    gain = (batch["advantage"] * (after - before) / lengths).sum()
+    assert gain > 0, (after - before).view(-1, 4)
 
 
 def test_rl_runs_grpo_with_pass_at_k_and_writes_a_report(assistant, tmp_path):

@@ -3,8 +3,8 @@
 Asked "Where was X born?" about a name nobody in the encyclopedia has, a fine-tuned model still
 names a town: every answer it was shown named one. The right reply admits not knowing. This is
 issue 14's experiment: a behaviour the fine-tuning data never taught, checkable so it can be
-measured, and taught by comparisons instead. `preferences` makes them: "I don't know who X is."
-beats an invented town for unknown names, and the right town beats "I don't know" for people
+measured, and taught by comparisons instead. `preferences` makes them: "I don't know who that
+is." beats an invented town for unknown names, and the right town beats "I don't know" for people
 the encyclopedia has (so the lesson is "know what you know", not "always refuse").
 
     >>> q = generate(1)[0]
@@ -21,7 +21,11 @@ from llmos.tasks import arithmetic, identity, knowledge, spelling
 from llmos.tasks.base import is_eval, record
 
 GROUPS = ["hallucination"]
-UNKNOWN = "I don't know who {name} is."
+# Without the name: the speedrun's model cannot copy a name it was asked about (no induction
+# heads; docs/LOG.md, session 15), so its "I don't know who X is." carried a wrong X, which the
+# reward model scored below the assistant's greeting, and RLHF learned to greet every unknown
+# name (hallucination 51% over four seeds; 18% with this reply; session 16).
+UNKNOWN = "I don't know who that is."
 DONT_KNOW = ["I don't know.", "I don't know who that is.", "I do not know."]
 
 
@@ -40,7 +44,7 @@ def unknown_names(n: int, split: str) -> list[str]:
 def generate(n: int, seed: int = 0, split: str = "eval") -> list[dict]:
     """Where was X born, for n names nobody in the corpus has; the reply to learn admits it."""
     return [
-        record("hallucination", f"Where was {x} born?", UNKNOWN.format(name=x), "don't know")
+        record("hallucination", f"Where was {x} born?", UNKNOWN, "don't know")
         for x in unknown_names(n, split)
     ]
 
@@ -103,16 +107,12 @@ def preferences(n: int, seed: int = 0, split: str = "train") -> list[dict]:
         )
     n -= n // 3
     for name in unknown_names(n - n // 2, split):
-        out.append(
-            _comparison(
-                f"Where was {name} born?", UNKNOWN.format(name=name), wrong(None), "unknown"
-            )
-        )
+        out.append(_comparison(f"Where was {name} born?", UNKNOWN, wrong(None), "unknown"))
     for i in range(n // 2):
         q = known[i % len(known)]
         name = q["messages"][0]["content"][len("Where was ") : -len(" born?")]
         answer, town = q["messages"][1]["content"], q["answer"]
-        worse = UNKNOWN.format(name=name) if r.random() < 0.5 else wrong(town)
+        worse = UNKNOWN if r.random() < 0.5 else wrong(town)
         out.append(_comparison(q["messages"][0]["content"], answer, worse, "known"))
     r.shuffle(out)
     return out
