@@ -88,7 +88,7 @@ class SpeedrunConfig:
     eval_n: int = arg(40, "held-out questions per task", lo=1)
     # With 40 unknown names a 95% interval on the hallucination rate is +-15 points, and
     # near-identical runs differed by 26 (docs/LOG.md, session 15): too wide to tell settings
-    # apart. The questions are short, so 200 cost ~half a minute a model.
+    # apart. The questions are short: 200 cost a few seconds a model (session 16).
     eval_unknown: int = arg(200, "unknown names asked of each preference model", lo=1)
     seed: int = arg(0, "seed of every stage")
 
