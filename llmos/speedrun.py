@@ -134,10 +134,12 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
     for name in models:
         engine = Engine(load_model(out / name), Tokenizer.load(out / name))
         with tqdm(desc=f"eval {name}", unit="q") as bar:
-            results[name] = evaluate(engine, n=c.eval_n, progress=lambda _, b=bar: b.update(1))
+            tick = lambda _, b=bar: b.update(1)  # noqa: E731
+            # With the preference stage, unknown names are asked eval_unknown times (once).
+            asked = [t for t in tasks.CHAT_TASKS if not (c.preference and t == "hallucination")]
+            results[name] = evaluate(engine, asked, c.eval_n, tick)
             if c.preference:
-                more = evaluate(engine, ["hallucination"], c.eval_unknown, lambda _: bar.update(1))
-                results[name] |= more
+                results[name] |= evaluate(engine, ["hallucination"], c.eval_unknown, tick)
     times["evaluate"] = time.time() - t
     write_json(out / "eval.json", results)
     report = report_card(out, c, times, results)

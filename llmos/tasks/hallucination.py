@@ -26,7 +26,7 @@ GROUPS = ["hallucination"]
 # reward model scored below the assistant's greeting, and RLHF learned to greet every unknown
 # name (hallucination 51% over four seeds; 18% with this reply; session 16).
 UNKNOWN = "I don't know who that is."
-DONT_KNOW = ["I don't know.", "I don't know who that is.", "I do not know."]
+DONT_KNOW = ["I don't know.", UNKNOWN, "I do not know."]
 
 
 def unknown_names(n: int, split: str) -> list[str]:
