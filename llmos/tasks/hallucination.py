@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from llmos.data.encyclopedia import encyclopedia, made_up_word
+from llmos.data.encyclopedia import encyclopedia, is_probe_train, made_up_word
 from llmos.tasks import arithmetic, identity, knowledge, spelling
 from llmos.tasks.base import is_eval, record
 
@@ -74,16 +74,25 @@ def preferences(n: int, seed: int = 0, split: str = "train") -> list[dict]:
     The wrong answers are of three kinds so that nothing but the person decides: an invented
     town, another person's real town, and another person's whole fact. With invented towns
     only, a reward model scored the answer alone (real town > "I don't know" > invented town)
-    and RLHF then answered every question with one known person's fact (docs/LOG.md)."""
+    and RLHF then answered every question with one known person's fact (docs/LOG.md).
+
+    The other person is of the same split. Drawn from everyone, a sixth of the training pairs
+    rejected an evaluation person's town, and 49 of 600 their whole true fact: DPO unlearned
+    what the knowledge probe asks (87% -> 47-60% after 25 steps; session 17)."""
     r = random.Random(f"hallucination/{seed}/{split}")
-    people = encyclopedia()
+    people = [p for p in encyclopedia() if is_probe_train(p["name"]) == (split == "train")]
     known = [q for q in knowledge.questions(split) if q["task"] == "knowledge"]
+
+    real_towns = {p["town"] for p in encyclopedia()}
 
     def wrong(town: str | None) -> str:
         other = r.choice([p for p in people if p["town"] != town])
+        made_up = made_up_word(r, 3)
+        while made_up in real_towns:  # invented, yet an evaluation person's town
+            made_up = made_up_word(r, 3)
         return r.choice(
             [
-                f"Born in {made_up_word(r, 3)}.",  # the fine-tuned answer's form
+                f"Born in {made_up}.",  # the fine-tuned answer's form
                 f"Born in {other['town']}.",
                 f"{other['name']} was born in {other['town']}.",
             ]
