@@ -90,8 +90,8 @@ def distilled_draft(smollm2: Path, steps: int, samples: int) -> Path:
         r.shuffle(prompts)
         rows, t0 = [], time.time()
         s = SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=200, seed=0)
-        for i in range(0, min(samples, len(prompts) * 4), 16):
-            batch = [prompts[(i + j) % len(prompts)] for j in range(16)]
+        for i in range(0, min(samples, len(prompts) * 4), 32):
+            batch = [prompts[(i + j) % len(prompts)] for j in range(32)]
             ids = [render(tok, [{"role": "user", "content": p}], add_generation_prompt=True)[0]
                    for p in batch]  # fmt: skip
             for p, c in zip(ids, engine.generate(ids, s)):

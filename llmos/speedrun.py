@@ -302,8 +302,9 @@ reward model's scores, LoRA, {c.rlhf_steps} steps, lr {c.rlhf_lr}, KL β {c.rlhf
 {c.rlhf_kl_in}, likelihood term {c.rlhf_sft_weight} on the chosen answers as InstructGPT's
 PPO-ptx mixes in pretraining;
 again with no reward at all, `rlhf-no-reward`, to show what the reward adds; and with β 0):
-for unknown names "I don't know who that is." beats a made-up answer; for the fine-tuning half
-of the encyclopedia the true town beats "I don't know" or a wrong answer; for a third, the
+for unknown names "I don't know who that is." beats a made-up answer; for a quarter of the
+encyclopedia's people (facts only in its biographies, not fine-tuned, not evaluated) the true
+town beats "I don't know" or a wrong answer; for a third, the
 fine-tuning tasks' own answers beat "I don't know" (anchors).
 Held-out: {n_unknown} names nobody in the corpus has, {n_known} questions about the
 encyclopedia's other half (facts only in pretraining); greedy; 95% Wilson intervals.

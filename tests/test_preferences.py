@@ -12,7 +12,7 @@ from llmos.checkpoint import load_model
 from llmos.cli import main
 from llmos.data.comparisons import PairLoader, pair_ids, read_comparisons
 from llmos.data.corpora import CorpusError
-from llmos.data.encyclopedia import encyclopedia, is_probe_train
+from llmos.data.encyclopedia import encyclopedia, probe_split
 from llmos.runs import read_metrics
 from llmos.tasks import mixture, reward
 from llmos.tasks.hallucination import generate as unknown_questions
@@ -95,7 +95,7 @@ def test_hallucination_preferences_and_their_checker():
     assert not train & held
     # Nor do the evaluation people's names or towns appear in any training pair: a wrong
     # answer borrowed from them taught DPO to unlearn what the knowledge probe asks.
-    held_people = [p for p in encyclopedia() if not is_probe_train(p["name"])]
+    held_people = [p for p in encyclopedia() if probe_split(p["name"]) == "eval"]
     words = {p["name"] for p in held_people} | {p["town"] for p in held_people}
     texts = [json.dumps(r) for r in preferences(600, split="train")]
     assert not [w for w in words if any(w in t for t in texts)]

@@ -41,9 +41,20 @@ def encyclopedia(n: int = 30, seed: int = 0) -> list[dict]:
     return people
 
 
-def is_probe_train(name: str) -> bool:
-    """Half the people: fine-tuning teaches the question format on them; eval asks the rest."""
-    return hash_fraction(name) >= 0.5
+def probe_split(name: str) -> str:
+    """Who asks about a person. "eval": half the people, facts only in biographies, asked only
+    by evaluation. "train": fine-tuning teaches the question format on them (and pretraining
+    sees their facts as questions and answers too). "prefs": facts only in biographies, like
+    eval, and the known people of issue 14's comparisons.
+
+    Why a third group: with the fine-tuning people as the comparisons' known ones, DPO and RLHF
+    learned to answer only when as sure as a fine-tuned fact. The assistant's town after "Born
+    in" has a median probability of 0.93 for fine-tuning people, 0.48 for eval people and 0.16
+    for unknown names, so eval people fell on the "I don't know" side (docs/LOG.md, session 17).
+    """
+    if hash_fraction(name) < 0.5:
+        return "eval"
+    return "train" if hash_fraction(f"prefs/{name}") < 0.5 else "prefs"
 
 
 def encyclopedia_docs(
@@ -54,7 +65,7 @@ def encyclopedia_docs(
     name after the town ("X was born in T. X worked as ..."), which the base model can recite
     from the town; the one run of a forward-only variant failed the probes (docs/LOG.md).
 
-    For the fine-tuning half of the people, pretraining also sees the facts as questions and
+    For the fine-tuning people (`probe_split`), pretraining also sees the facts as questions and
     answers ("mixed training", Allen-Zhu & Li 2023, Physics of LMs 3.1): a model that saw
     only biographies stores the facts but cannot yet be asked for them, and fine-tuning alone
     then teaches it to recite memorised answers instead of looking the asked person up."""
@@ -71,7 +82,7 @@ def encyclopedia_docs(
         for k in range(repeats):
             docs.append((f"encyclopedia/{p['name']}/{k}", forms[k % len(forms)].format(**p)))
     for p in people:
-        if is_probe_train(p["name"]):
+        if probe_split(p["name"]) == "train":
             docs += [
                 (f"encyclopedia/qa/{p['name']}/{k}", qa.format(**p)) for k in range(qa_repeats)
             ]

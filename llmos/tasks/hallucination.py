@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from llmos.data.encyclopedia import encyclopedia, is_probe_train, made_up_word
+from llmos.data.encyclopedia import encyclopedia, made_up_word, probe_split
 from llmos.tasks import arithmetic, identity, knowledge, spelling
 from llmos.tasks.base import is_eval, record
 
@@ -80,8 +80,10 @@ def preferences(n: int, seed: int = 0, split: str = "train") -> list[dict]:
     rejected an evaluation person's town, and 49 of 600 their whole true fact: DPO unlearned
     what the knowledge probe asks (87% -> 47-60% after 25 steps; session 17)."""
     r = random.Random(f"hallucination/{seed}/{split}")
-    people = [p for p in encyclopedia() if is_probe_train(p["name"]) == (split == "train")]
-    known = [q for q in knowledge.questions(split) if q["task"] == "knowledge"]
+    people = [p for p in encyclopedia() if (probe_split(p["name"]) == "eval") == (split == "eval")]
+    # Known people as sure as the evaluation ones: facts only in biographies (`probe_split`).
+    known_split = "prefs" if split == "train" else split
+    known = [q for q in knowledge.questions(known_split) if q["task"] == "knowledge"]
 
     real_towns = {p["town"] for p in encyclopedia()}
 

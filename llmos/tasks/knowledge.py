@@ -1,8 +1,9 @@
 """Knowledge probes: questions about the generated encyclopedia's people (data/encyclopedia.py).
 
 Forward, "Where was X born?" (the direction the biographies state), and reverse, "Who was born
-in T?" (the reversal curse, Berglund et al. 2023). Fine-tuning asks about half of the people;
-evaluation asks about the other half, whose facts appear only in pretraining biographies.
+in T?" (the reversal curse, Berglund et al. 2023). Fine-tuning asks about a quarter of the people,
+comparisons (issue 14) about another quarter; evaluation asks about the other half, whose facts
+appear only in pretraining biographies.
 
 The forward answer is "Born in T.", not "X was born in T.": a small model stores the fact (given
 "X was born in", the speedrun's bases complete 13-14 of 15 held-out people) but cannot copy an
@@ -13,17 +14,18 @@ on the same bases; docs/LOG.md, session 13).
 
 from __future__ import annotations
 
-from llmos.data.encyclopedia import encyclopedia, is_probe_train
+from llmos.data.encyclopedia import encyclopedia, probe_split
 from llmos.tasks.base import contains, record
 
 GROUPS = ["knowledge", "knowledge-reverse"]
 
 
 def questions(split: str) -> list[dict]:
-    """Both directions for every person of the split (the world of seed 0)."""
+    """Both directions for every person of the split: train, prefs or eval (`probe_split`; the
+    world of seed 0)."""
     out = []
     for p in encyclopedia():
-        if is_probe_train(p["name"]) != (split == "train"):
+        if probe_split(p["name"]) != split:
             continue
         fact = f"{p['name']} was born in {p['town']}."
         out += [
