@@ -35,8 +35,7 @@ def test_unknown_corpus_is_named(tmp_path):
 
 
 def test_split_is_deterministic_and_stable():
-    # fixed ids: a local file's id is its path, and under pytest's numbered tmp dirs one path
-    # in ~10,000 put none of 40 documents in val (CI at 97c1941, pytest-45)
+    # fixed ids (CI at 97c1941 once drew none of 40 documents into val)
     docs = [Doc(f"doc{i:02d}.txt", f"Text {i}.") for i in range(40)]
     train, val = split(docs, 0.2)
     assert val and train and len(train) + len(val) == len(docs)
@@ -44,6 +43,19 @@ def test_split_is_deterministic_and_stable():
     train2, val2 = split(docs[::2], 0.2)
     assert {d.id for d in val2} == {d.id for d in val} & {d.id for d in docs[::2]}
     assert split(docs, 0.2) == (train, val)
+
+
+def test_a_copied_corpus_keeps_its_split(tmp_path):
+    """Local files are named below the glob's directory, so the split (a hash of the names)
+    does not depend on where the corpus lives."""
+    for d in ("a", "b/c"):
+        (tmp_path / d / "sub").mkdir(parents=True)
+        (tmp_path / d / "x.txt").write_text("x")
+        (tmp_path / d / "sub" / "y.txt").write_text("y")
+        (tmp_path / d / "z.jsonl").write_text('{"text": "z"}\n')
+    a = load_corpus(f"{tmp_path}/a/**/*.txt,{tmp_path}/a/z.jsonl")
+    b = load_corpus(f"{tmp_path}/b/c/**/*.txt,{tmp_path}/b/c/z.jsonl")
+    assert [d.id for d in a] == [d.id for d in b] == ["sub/y.txt", "x.txt", "z.jsonl:1"]
 
 
 def test_missing_package_says_how_to_install(monkeypatch):

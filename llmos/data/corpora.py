@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import json
 import logging
+import os
 import re
 import tarfile
 import zipfile
@@ -161,12 +162,24 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     return out
 
 
-def read_jsonl_docs(path: str | Path) -> list[Doc]:
-    docs = []
+def local_id(path: Path, pattern: str) -> str:
+    """A local file's id: its path below the pattern's fixed directory (`data/*.txt` and
+    `/home/me/data/a.txt` both name `a.txt`; `data/**/*.md` names `sub/b.md`). The train/val
+    split hashes ids, so a corpus keeps its split wherever it is copied — with the absolute
+    path as id, every pytest tmp dir split the test corpus anew and the models trained on it
+    differed run to run (docs/LOG.md, session 18)."""
+    fixed = re.split(r"[*?\[]", pattern)[0]
+    root = fixed if fixed.endswith("/") else os.path.dirname(fixed)
+    return os.path.relpath(path, root or ".")
+
+
+def read_jsonl_docs(path: str | Path, name: str | None = None) -> list[Doc]:
+    """`{"text": ...}` records; a record without an "id" is named `name:line` (name: path)."""
+    name, docs = name or str(path), []
     for n, rec in read_jsonl(path):
         if not isinstance(rec.get("text"), str):
             raise CorpusError(f'{path}:{n}: expected a record {{"text": "..."}}')
-        docs.append(Doc(str(rec.get("id", f"{path}:{n}")), rec["text"]))
+        docs.append(Doc(str(rec.get("id", f"{name}:{n}")), rec["text"]))
     return docs
 
 
@@ -188,7 +201,7 @@ def read_conversations(path: str | Path) -> list[dict]:
     return out
 
 
-def _text_file(path: Path) -> list[Doc]:
+def _text_file(path: Path, name: str) -> list[Doc]:
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         log.warning("skipping %s: binary file (NUL bytes)", path)
@@ -201,7 +214,7 @@ def _text_file(path: Path) -> list[Doc]:
     if not text.strip():
         log.warning("skipping %s: empty file", path)
         return []
-    return [Doc(str(path), text)]
+    return [Doc(name, text)]
 
 
 def load_corpus(spec: str) -> list[Doc]:
@@ -220,7 +233,8 @@ def load_corpus(spec: str) -> list[Doc]:
                     raise CorpusError(f"corpus '{part}': no such file, and not a name ({names})")
                 if p.is_dir():
                     continue
-                docs += read_jsonl_docs(p) if p.suffix == ".jsonl" else _text_file(p)
+                name = local_id(p, part)
+                docs += read_jsonl_docs(p, name) if p.suffix == ".jsonl" else _text_file(p, name)
     if not docs:
         raise CorpusError(f"corpus '{spec}' has no documents")
     return docs
