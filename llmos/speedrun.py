@@ -65,7 +65,10 @@ class SpeedrunConfig:
     rm_steps: int = arg(150, "reward-model steps (16 pairs each)", lo=1)
     dpo_steps: int = arg(200, "DPO steps (8 pairs each)", lo=1)
     dpo_lr: float = arg(1e-3, "DPO's learning rate (LoRA, as fine-tuning)", lo=0)
-    dpo_sft_weight: float = arg(1.0, "weight of DPO's likelihood term on chosen answers", lo=0)
+    # 10, as RLHF's: at 1 the preference term dominated and DPO unlearned held-out people
+    # (67% -> 60 / 60 / 47% over three seeds, answering "Born in." with no town); at 10 they
+    # held (80% on each), as they do with β 0, the likelihood term alone (docs/LOG.md, session 18)
+    dpo_sft_weight: float = arg(10.0, "weight of DPO's likelihood term on chosen answers", lo=0)
     rlhf_steps: int = arg(100, "RLHF steps (8 prompts x 4 answers each)", lo=1)
     rlhf_lr: float = arg(1e-3, "RLHF's learning rate (LoRA, as fine-tuning)", lo=0)
     rlhf_kl: float = arg(0.3, "RLHF's KL β (a second run uses 0)", lo=0)
@@ -153,7 +156,7 @@ def speedrun(c: SpeedrunConfig, out: str | Path) -> Path:
 # -- the preference stage (issue 14) --------------------------------------------------------
 
 # Run directories of the stage's policies, in the report's order.
-PREFERENCE_MODELS = ["dpo", "rlhf", "rlhf-no-reward", "rlhf-kl0"]
+PREFERENCE_MODELS = ["dpo", "dpo-beta0", "rlhf", "rlhf-no-reward", "rlhf-kl0"]
 
 
 def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
@@ -207,6 +210,13 @@ def preference_stages(c: SpeedrunConfig, out: Path, times: dict) -> bool:
     stages = [
         ("reward model", "rm", lambda resume: train_reward_model(rm, out / "rm", resume)),
         ("dpo", "dpo", lambda resume: dpo(dpo_c, out / "dpo", resume)),
+        # β 0: no preference term, only the likelihood of the chosen answers (fine-tuning on
+        # them): what the comparisons add over their chosen half, as rlhf-no-reward for RLHF
+        (
+            "dpo, β 0",
+            "dpo-beta0",
+            lambda resume: dpo(replace(dpo_c, beta=0.0), out / "dpo-beta0", resume),
+        ),
         ("rlhf", "rlhf", lambda resume: rlhf(rl, out / "rlhf", resume)),
         (
             "rlhf, no reward",
@@ -301,13 +311,14 @@ where the assistant's own samples lose to the right answer; held-out pair accura
 reward model's scores, LoRA, {c.rlhf_steps} steps, lr {c.rlhf_lr}, KL β {c.rlhf_kl} in the
 {c.rlhf_kl_in}, likelihood term {c.rlhf_sft_weight} on the chosen answers as InstructGPT's
 PPO-ptx mixes in pretraining;
-again with no reward at all, `rlhf-no-reward`, to show what the reward adds; and with β 0):
+again with no reward at all, `rlhf-no-reward`, to show what the reward adds, and with β 0;
+DPO with β 0, `dpo-beta0`, is its likelihood term alone, fine-tuning on the chosen answers):
 for unknown names "I don't know who that is." beats a made-up answer; for a quarter of the
 encyclopedia's people (facts only in its biographies, not fine-tuned, not evaluated) the true
-town beats "I don't know" or a wrong answer; for a third, the
+town beats "I don't know" or a wrong answer; in a third of the comparisons the
 fine-tuning tasks' own answers beat "I don't know" (anchors).
 Held-out: {n_unknown} names nobody in the corpus has, {n_known} questions about the
-encyclopedia's other half (facts only in pretraining); greedy; 95% Wilson intervals.
+encyclopedia's other half (facts only in its biographies); greedy; 95% Wilson intervals.
 
 {header}
 |---|---|---|---|---|{"---|" * len(others)}
@@ -387,8 +398,9 @@ Final val bits per byte **{base_metrics[-1]["val_bpb"]:.3f}**; on the same text:
 {chr(10).join(rows)}
 
 Knowledge probes ask about fictional people who appear only in the biographies of the
-pretraining corpus (the other half of the {n_people}-person encyclopedia also appears as
-questions and answers, in pretraining and in fine-tuning, to teach the format); a random person
+pretraining corpus (of the {n_people}-person encyclopedia's other half, some also appear as
+questions and answers, in pretraining and in fine-tuning, to teach the format, and the rest are
+the preference stage's known people); a random person
 or town of the encyclopedia would be right {1 / n_people:.1%} of the time (the base rate).
 `knowledge` asks "where was X born?" (the direction the encyclopedia states);
 `knowledge-reverse` asks "who was born in T?" (the reversal curse, Berglund et al. 2023).
