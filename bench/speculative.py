@@ -31,6 +31,7 @@ from llmos.infer.engine import Engine, SamplingConfig
 from llmos.infer.speculative import ModelDraft, PromptLookup, Speculative
 from llmos.tokenizer import Tokenizer
 from llmos.train.pretrain import PretrainConfig, pretrain
+from llmos.train.sft import SFTConfig, sft
 
 PASSAGE = (
     "The lighthouse at Kerran Point was built in 1867 from granite quarried on the island. "
@@ -77,8 +78,11 @@ def measure(target: Engine, draft, prompt: list[int], n: int, k: int, runs: int 
 
 
 def distilled_draft(smollm2: Path, steps: int, samples: int) -> Path:
-    """A micro llmos model with SmolLM2's tokenizer, pretrained on SmolLM2's chat answers."""
-    out = cache_dir() / f"bench-draft-smollm2-{steps}"
+    """A micro llmos model with SmolLM2's tokenizer, pretrained on SmolLM2's chat answers and
+    then fine-tuned on them as conversations. Pretraining reads text, where "<|im_start|>" is
+    characters, never the special token (so text cannot forge the template); alone, the draft
+    never saw the target's real template tokens and 3-4% of its guesses were accepted."""
+    out = cache_dir() / f"bench-draft-smollm2-{steps}-sft"
     if (out / "model.safetensors").exists():
         return out
     corpus = cache_dir() / f"bench-draft-smollm2-{samples}.jsonl"
@@ -100,7 +104,18 @@ def distilled_draft(smollm2: Path, steps: int, samples: int) -> Path:
         corpus.write_text("".join(json.dumps(x) + "\n" for x in rows))
     c = PretrainConfig(preset="micro", corpus=str(corpus), tokenizer=str(smollm2),
                        max_steps=steps, batch_size=16, eval_every=steps)  # fmt: skip
-    return pretrain(c, out)
+    base = cache_dir() / f"bench-draft-smollm2-{steps}"
+    if not (base / "model.safetensors").exists():
+        pretrain(c, base)
+    conversations = corpus.with_suffix(".conversations.jsonl")
+    with conversations.open("w") as f:
+        for line in corpus.read_text().splitlines():
+            text = json.loads(line)["text"]
+            user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+            answer = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+            turns = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            f.write(json.dumps({"messages": turns}) + "\n")
+    return sft(SFTConfig(base=str(base), data=f"{conversations}:1", max_steps=300), out)
 
 
 def main() -> None:

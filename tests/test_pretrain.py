@@ -33,6 +33,14 @@ def losses(run_dir) -> list[float]:
     return [r["loss"] for r in rows]
 
 
+def test_pretraining_with_a_borrowed_tokenizer_reports_a_sample(corpus_dir, tmp_path, smollm2):
+    """A tokenizer that adds no BOS of its own (SmolLM2's, as for a distilled draft): the run
+    ends with its report and a sample (the sample once started from no token at all)."""
+    out = pretrain(config(corpus_dir, tokenizer=str(smollm2), max_steps=2, eval_every=2), tmp_path)
+    report = (out / "report.md").read_text()
+    assert "sample" in report.lower() and load_model(out).cfg.vocab_size == 49152
+
+
 def test_resume_continues_exactly(corpus_dir, tmp_path):
     c = config(corpus_dir)
     pretrain(c, tmp_path / "full")

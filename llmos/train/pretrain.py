@@ -123,8 +123,12 @@ def pretrain(c: PretrainConfig, out: str | Path, resume: bool = False, stop_at: 
 
 
 def sample_text(model, tok: Tokenizer, prompt: str, n: int, seed: int = 0) -> str:
+    """A continuation of `prompt` as a document begins in the shards: BOS, then the text.
+    (Not `encode_prompt`: a borrowed tokenizer such as SmolLM2's adds no BOS, and an empty
+    prompt was then no token at all.)"""
     s = SamplingConfig(temperature=0.8, top_k=50, seed=seed, max_new_tokens=n)
-    return prompt + Engine(model, tok).generate([tok.encode_prompt(prompt)], s)[0].text
+    ids = [tok.bos_id, *tok.encode(prompt)]
+    return prompt + Engine(model, tok).generate([ids], s)[0].text
 
 
 def write_report(out: Path, c, cfg, final: dict, comp: dict, sample: str, seconds: float) -> None:
